@@ -1,0 +1,219 @@
+"""Every training loss of the method, as small pure functions that import only torch.
+
+Copy this file into another project as it is. Equation numbers refer to the README's method
+section (the project's own formulation of the paper's abstract):
+- `silog`                 Eq. (15)  scale-invariant log loss, also L_cross of Eq. (9)
+- `bin_chamfer`           Eq. (16)  bin centers <-> ground-truth depths
+- `normalised_farness`    Eq. (6)   affine-invariant normalisation of teacher disparity
+- `teacher_bin_probs`     Eqs. (6)-(7) scale-invariant teacher bin probabilities P^T
+- `cross_interaction_kd`  Eqs. (8)-(11) CKD: L_kd and L_cross
+- `border_tokens`         Eq. (12)  pooled, L2-normalised border-strip tokens of each view
+- `relational_kd`         Eqs. (13)-(14) VRKD from border tokens
+- `view_relational_kd`    Eqs. (12)-(14) VRKD from feature maps
+
+Shapes: B batch, N views, K bins, C channels, (H, W) ground-truth resolution, (h, w) a feature
+or logit resolution. Depths are in meters. A `mask` is a bool tensor, True where a pixel counts.
+"""
+import torch
+import torch.nn.functional as F
+
+# Eq. (15): the SILog constants of AdaBins / BTS. alpha scales the loss to the range of the
+# other terms; lambda = 0.85 weights the scale-invariant part (lambda = 1 is fully scale-invariant).
+SILOG_ALPHA = 10.0
+SILOG_LAMBDA = 0.85
+# Eq. (6): percentiles that define the teacher's robust per-image disparity range.
+FARNESS_Q_LO = 0.02
+FARNESS_Q_HI = 0.98
+# Smallest depth fed to a log, in meters (the d_min of the README's "Setting").
+LOG_DEPTH_FLOOR = 0.1
+# Keeps sqrt differentiable when the SILog variance is exactly 0 (loss <= 1e-5 there).
+SQRT_EPS = 1e-12
+
+
+def silog(pred, target, mask, alpha=SILOG_ALPHA, lam=SILOG_LAMBDA):
+    """Scale-invariant log loss, Eq. (15): alpha * sqrt(mean(g^2) - lam * mean(g)^2).
+
+    pred, target: (..., H, W) depth in meters (any leading dims, e.g. (B, N, 1, H, W)).
+    mask: bool, same shape; True on pixels with ground truth (the M of the README).
+    g = log pred - log target over all masked pixels of the batch (as AdaBins does).
+    Returns a scalar; 0 when pred == target on the mask. With no valid pixel it returns a
+    zero that still carries pred's graph.
+    """
+    if not mask.any():
+        return pred.sum() * 0.0
+    g = torch.log(pred[mask].clamp_min(LOG_DEPTH_FLOOR)) - torch.log(target[mask].clamp_min(LOG_DEPTH_FLOOR))
+    variance = (g.pow(2).mean() - lam * g.mean().pow(2)).clamp_min(0.0)
+    return alpha * torch.sqrt(variance + SQRT_EPS)
+
+
+def _valid_points(target, mask):
+    """Pack each map's valid depths to the front: (M, H, W) -> values, valid, both (M, P)."""
+    m = target.shape[0]
+    values = target.reshape(m, -1)  # (M, H*W)
+    valid = mask.reshape(m, -1)
+    count = int(valid.sum(dim=1).max())
+    order = torch.argsort(valid.to(torch.uint8), dim=1, descending=True, stable=True)[:, :count]
+    return values.gather(1, order), valid.gather(1, order)  # (M, P), (M, P)
+
+
+def bin_chamfer(centers, target, mask):
+    """Bin-center chamfer loss, Eq. (16), between {c_k} and {D*(p) : p in M}, per view.
+
+    centers: (..., K) metric bin centers in meters, e.g. (B, N, K).
+    target:  (..., 1, H, W) ground-truth depth in meters, leading dims as centers.
+    mask:    bool, same shape as target.
+    Both directions of the chamfer distance (AdaBins' bin-center density loss): every center
+    near some ground-truth depth, and every ground-truth depth near some center. Averaged over
+    views that have at least one valid pixel. Returns a scalar, 0 when the two sets are equal.
+    """
+    k = centers.shape[-1]
+    c = centers.reshape(-1, k)  # (M, K)
+    values, valid = _valid_points(target.reshape(c.shape[0], -1), mask.reshape(c.shape[0], -1))
+    has_points = valid.any(dim=1)  # (M,)
+    if not has_points.any():
+        return centers.sum() * 0.0
+    c, values, valid = c[has_points], values[has_points], valid[has_points]
+    dist = (c[:, :, None] - values[:, None, :]).pow(2)  # (M, K, P)
+    far = torch.finfo(dist.dtype).max
+    # centers -> points: nearest valid point for each center (padding never wins).
+    c_to_p = dist.masked_fill(~valid[:, None, :], far).amin(dim=2).mean(dim=1)  # (M,)
+    # points -> centers: nearest center for each valid point, averaged over valid points.
+    p_to_c = (dist.amin(dim=1) * valid).sum(dim=1) / valid.sum(dim=1)  # (M,)
+    return (c_to_p + p_to_c).mean()
+
+
+def normalised_farness(disparity, mask=None):
+    """Affine-invariant normalised farness s, Eq. (6), from a teacher's relative disparity.
+
+    disparity: (..., 1, H, W) relative inverse depth r ~ a / D + b, any a > 0 and b.
+    mask: optional bool, same shape: pixels that define the percentiles (default: all).
+    r_hat = clip((r - q_lo) / (q_hi - q_lo), 0, 1) with the 2nd / 98th percentiles of each map;
+    s = 1 - r_hat in [0, 1]: 0 nearest, 1 farthest (sky). Replacing r by a*r + b (a > 0) moves
+    q_lo and q_hi the same way, so s does not change: the teacher's unknown scale is gone.
+    Returns s with the shape of `disparity`.
+    """
+    shape = disparity.shape
+    r = disparity.reshape(-1, shape[-2] * shape[-1]).float()  # (M, H*W)
+    if mask is None:
+        q = torch.quantile(r, torch.tensor([FARNESS_Q_LO, FARNESS_Q_HI], device=r.device), dim=1)
+    else:  # percentiles over the masked pixels only: NaN outside, then nanquantile
+        m = mask.reshape(r.shape)
+        q = torch.nanquantile(r.masked_fill(~m, float("nan")),
+                              torch.tensor([FARNESS_Q_LO, FARNESS_Q_HI], device=r.device), dim=1)
+    q_lo, q_hi = q[0, :, None], q[1, :, None]  # (M, 1) each
+    r_hat = ((r - q_lo) / (q_hi - q_lo).clamp_min(torch.finfo(r.dtype).eps)).clamp(0.0, 1.0)
+    return (1.0 - r_hat).reshape(shape)
+
+
+def farness_bin_probs(farness, num_bins, sigma=None):
+    """Teacher bin probabilities P^T from normalised farness s, Eq. (7).
+
+    farness: (..., 1, H, W) in [0, 1]. Returns (..., K, H, W), each pixel a distribution over
+    K bins: P^T_k = softmax_k(-(s - u_k)^2 / (2 sigma^2)), u_k = (k - 1/2) / K, sigma = 1/K by
+    default. Bin k means "the k-th slice of this scene's depth ordering", with no metric scale.
+    """
+    sigma = 1.0 / num_bins if sigma is None else sigma
+    u = (torch.arange(num_bins, device=farness.device, dtype=torch.float32) + 0.5) / num_bins  # (K,)
+    u = u.reshape((1,) * (farness.dim() - 3) + (num_bins, 1, 1))  # (..., K, 1, 1)
+    return torch.softmax(-(farness.float() - u).pow(2) / (2.0 * sigma**2), dim=-3)  # (..., K, H, W)
+
+
+def teacher_bin_probs(disparity, num_bins, sigma=None):
+    """Scale-invariant teacher bin probabilities P^T, Eqs. (6)-(7), from raw teacher disparity.
+
+    disparity: (..., 1, H, W) relative inverse depth. Returns (..., K, H, W) probabilities,
+    unchanged (up to float rounding) when disparity becomes a * disparity + b with a > 0.
+    """
+    return farness_bin_probs(normalised_farness(disparity), num_bins, sigma)
+
+
+def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0, kd_mask=None):
+    """Cross-interaction knowledge distillation, Eqs. (8)-(11). Returns {'kd': L_kd, 'cross': L_cross}.
+
+    logits:        (B, N, K, h, w) student bin logits z (Eq. 4).
+    centers:       (B, N, K) student metric bin centers c in meters (Eq. 3).
+    teacher_probs: (B, N, K, H, W) teacher bin probabilities P^T (Eq. 7), at ground-truth size.
+    target, mask:  (B, N, 1, H, W) sparse ground truth D* in meters and its validity mask M.
+    tau:           distillation temperature of Eq. (10).
+    kd_mask:       optional bool (B, N, 1, h, w): pixels Omega of Eq. (10); default all pixels.
+
+    The teacher knows the ordering (which bin) but not the scale; the ground truth knows the
+    scale at sparse points. CKD crosses the two, and L_CKD = L_kd + lambda_x L_cross (Eq. 11)
+    is formed by the caller.
+    """
+    # Eq. (8): cross depth = teacher probabilities weighted by the student's metric centers.
+    cross_depth = torch.einsum("bnkhw,bnk->bnhw", teacher_probs, centers).unsqueeze(2)  # (B, N, 1, H, W)
+    # Eq. (9): P^T is a constant (the teacher is frozen), so the gradient of L_cross reaches
+    # only the centers c, i.e. the bin-width head: it learns the metric depth of each of the
+    # teacher's slices from the ground truth. This is where the metric scale comes from.
+    loss_cross = silog(cross_depth, target, mask)
+
+    # Eq. (10): dense KL(P^T || softmax(z / tau)) at the logit resolution. Averaging P^T over
+    # the pixels of each logit cell keeps a distribution. Because P^T is scale-invariant, this
+    # term teaches the logit head the scene's depth ordering and nothing about meters.
+    b, n, k, h, w = logits.shape
+    p_t = F.adaptive_avg_pool2d(teacher_probs.flatten(0, 1), (h, w)).reshape(b, n, k, h, w)
+    log_q = torch.log_softmax(logits / tau, dim=2)  # (B, N, K, h, w)
+    kl = (torch.xlogy(p_t, p_t) - p_t * log_q).sum(dim=2, keepdim=True)  # (B, N, 1, h, w)
+    if kd_mask is None:
+        loss_kd = kl.mean()
+    else:
+        loss_kd = (kl * kd_mask).sum() / kd_mask.sum().clamp_min(1)
+    return {"kd": tau**2 * loss_kd, "cross": loss_cross}
+
+
+def border_tokens(feats, strip=0.25, grid=(4, 2)):
+    """Border-strip tokens of every view, Eq. (12).
+
+    feats: (B, N, C, h, w) per-view feature maps (any C, any h, w).
+    strip: width of each border strip as a fraction of w (rho of Eq. 12).
+    grid:  (g_h, g_w) pooling grid; L = g_h * g_w tokens per strip.
+    Returns (left, right), each (B, N, L, C): the pooled left and right strips of every view,
+    each token L2-normalised, so that only directions (not magnitudes or the basis) matter.
+    """
+    b, n, c, h, w = feats.shape
+    width = max(1, round(strip * w))
+    x = feats.flatten(0, 1)  # (B*N, C, h, w)
+    tokens = []
+    for part in (x[..., :width], x[..., w - width:]):  # left strip, right strip
+        pooled = F.adaptive_avg_pool2d(part, grid)  # (B*N, C, g_h, g_w)
+        t = pooled.flatten(2).transpose(1, 2)  # (B*N, L, C)
+        tokens.append(F.normalize(t, dim=-1).reshape(b, n, -1, c))  # (B, N, L, C)
+    return tokens[0], tokens[1]
+
+
+def relational_kd(student_tokens, teacher_tokens, pairs, tau=0.1):
+    """View-relational KD, Eqs. (13)-(14), from border tokens.
+
+    student_tokens, teacher_tokens: (left, right) pairs as returned by `border_tokens`, each
+        (B, N, L, C_S) and (B, N, L, C_T); C_S and C_T may differ, L must match.
+    pairs: the adjacent pairs A, [(n, m), ...]: the right border of n faces the left of m.
+    tau:   temperature tau_v of the relation softmax (Eq. 13).
+    Returns L_VRKD = mean over pairs, batch and rows of KL(R^T_nm[i] || R^S_nm[i]); 0 when
+    the student's relations equal the teacher's.
+    """
+    def relations(tokens):
+        left, right = tokens
+        n_idx = torch.tensor([p[0] for p in pairs], device=left.device)
+        m_idx = torch.tensor([p[1] for p in pairs], device=left.device)
+        x_n, x_m = right[:, n_idx], left[:, m_idx]  # (B, |A|, L, C) each
+        # Eq. (13): row i of R_nm is a distribution over the L tokens of m, for token i of n.
+        sim = torch.einsum("bplc,bpqc->bplq", x_n, x_m) / tau  # (B, |A|, L, L)
+        return torch.log_softmax(sim, dim=-1)
+
+    log_r_t = relations(teacher_tokens).detach()
+    log_r_s = relations(student_tokens)
+    # Eq. (14): row-wise KL(R^T || R^S), averaged over rows i, pairs (n, m) and the batch.
+    kl = (log_r_t.exp() * (log_r_t - log_r_s)).sum(dim=-1)  # (B, |A|, L)
+    return kl.mean()
+
+
+def view_relational_kd(student_feats, teacher_feats, pairs, strip=0.25, grid=(4, 2), tau=0.1):
+    """View-relational KD, Eqs. (12)-(14), from feature maps.
+
+    student_feats: (B, N, C_S, h_S, w_S); teacher_feats: (B, N, C_T, h_T, w_T). Channels and
+    sizes may differ: each side becomes L x L relation matrices, which do not depend on C.
+    pairs, strip, grid, tau: as in `border_tokens` and `relational_kd`. Returns a scalar.
+    """
+    return relational_kd(border_tokens(student_feats, strip, grid),
+                         border_tokens(teacher_feats, strip, grid), pairs, tau)

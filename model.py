@@ -1,0 +1,196 @@
+"""The student: a light per-view depth network with adaptive bins and hybrid regression.
+
+Implements Eqs. (1)-(5) of the README's method section:
+- (1) F_n = Dec(Enc(I_n)): ResNet-18/34 encoder, U-Net decoder, per-pixel features;
+- (2) bin widths w = softmax(MLP(GAP(bottleneck))), per view or shared by the surround sample;
+- (3) metric bin edges and centers in [d_min, d_max];
+- (4) per-pixel bin probabilities P^S = softmax(z), z = 1x1 conv of F;
+- (5) hybrid regression D_hat = sum_k P^S_k c_k.
+Also defines `StudentConfig` (stored in every checkpoint), `infer_image` (one image in, metric
+depth out at its own resolution) and the atomic checkpoint I/O used by train/evaluate/infer.
+"""
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+# ImageNet statistics that torchvision's ResNet weights were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Channels of the ResNet stages used as skips: stem (stride 2), layer1..layer4 (strides 4-32).
+ENCODER_CHANNELS = {"resnet18": (64, 64, 128, 256, 512), "resnet34": (64, 64, 128, 256, 512)}
+# The encoder downsamples by 32, so the input height and width must be multiples of it.
+ENCODER_STRIDE = 32
+
+
+@dataclass
+class StudentConfig:
+    """Hyperparameters of the student; a checkpoint stores them, so the model rebuilds from it."""
+
+    encoder: str = "resnet18"  # "resnet18" or "resnet34" (torchvision)
+    num_bins: int = 64  # K, the number of adaptive depth bins (Eqs. 2-5)
+    min_depth: float = 0.1  # d_min in meters (Eq. 3)
+    max_depth: float = 80.0  # d_max in meters (Eq. 3)
+    decoder_channels: tuple = (256, 128, 64, 32)  # U-Net decoder at strides 16, 8, 4, 2
+    feature_level: int = 1  # which decoder stage is returned as `features` (1 = stride 8)
+    bin_hidden: int = 256  # hidden width of the bin-width MLP (Eq. 2)
+    shared_bins: bool = False  # Eq. (2) option: one width vector per surround sample
+    image_size: tuple = (96, 160)  # (H, W) the network was trained at; infer_image resizes to it
+
+    def __post_init__(self):
+        if self.encoder not in ENCODER_CHANNELS:
+            raise ValueError(f"encoder must be one of {sorted(ENCODER_CHANNELS)}, got {self.encoder!r}")
+        self.decoder_channels = tuple(self.decoder_channels)
+        self.image_size = tuple(self.image_size)
+
+
+def conv_block(c_in, c_out):
+    """3x3 conv + BatchNorm + ReLU: the unit of the U-Net decoder of Eq. (1)."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+def bins_to_centers(widths, min_depth, max_depth):
+    """Eq. (3): widths (..., K) on the simplex -> metric bin centers (..., K) in meters."""
+    edges = min_depth + (max_depth - min_depth) * torch.cumsum(widths, dim=-1)  # e_1..e_K
+    edges = F.pad(edges, (1, 0), value=min_depth)  # (..., K + 1): e_0 = d_min
+    return 0.5 * (edges[..., :-1] + edges[..., 1:])
+
+
+def hybrid_depth(logits, centers):
+    """Eqs. (4)-(5): logits (..., K, h, w) and centers (..., K) -> depth (..., 1, h, w) meters."""
+    probs = torch.softmax(logits, dim=-3)  # Eq. (4), (..., K, h, w)
+    return torch.einsum("...khw,...k->...hw", probs, centers).unsqueeze(-3)  # Eq. (5)
+
+
+def build_encoder(name, pretrained):
+    """A torchvision ResNet without its classifier; ImageNet weights if `pretrained`."""
+    weights = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights"}[name]
+    weights = getattr(torchvision.models, weights).IMAGENET1K_V1 if pretrained else None
+    try:
+        net = getattr(torchvision.models, name)(weights=weights)
+    except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError
+        raise RuntimeError(
+            f"could not download ImageNet weights for {name} ({err.__class__.__name__}): run "
+            f"without --pretrained, or put {weights.url.rsplit('/', 1)[-1]} into "
+            f"{torch.hub.get_dir()}/checkpoints") from None
+    net.fc = nn.Identity()
+    return net
+
+
+class Student(nn.Module):
+    """Per-view ResNet U-Net with adaptive bins and hybrid regression, Eqs. (1)-(5)."""
+
+    def __init__(self, cfg: StudentConfig, pretrained=False):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = build_encoder(cfg.encoder, pretrained)
+        enc = ENCODER_CHANNELS[cfg.encoder]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # U-Net decoder (Eq. 1): at each stage reduce, upsample x2, concatenate the skip, fuse.
+        self.reduce, self.fuse = nn.ModuleList(), nn.ModuleList()
+        c_prev = enc[-1]
+        for c_out, c_skip in zip(cfg.decoder_channels, enc[-2::-1]):
+            self.reduce.append(conv_block(c_prev, c_out))
+            self.fuse.append(conv_block(c_out + c_skip, c_out))
+            c_prev = c_out
+        # Eq. (4): bin logits z, a 1x1 conv of the last decoder features (stride 2).
+        self.logit_head = nn.Conv2d(c_prev, cfg.num_bins, 1)
+        # Eq. (2): bin widths from the globally pooled bottleneck.
+        self.bin_mlp = nn.Sequential(nn.Linear(enc[-1], cfg.bin_hidden), nn.ReLU(inplace=True),
+                                     nn.Linear(cfg.bin_hidden, cfg.num_bins))
+
+    def encode(self, x):
+        """ResNet stages of x (M, 3, H, W) normalised: 5 maps at strides 2, 4, 8, 16, 32."""
+        e = self.encoder
+        s2 = e.relu(e.bn1(e.conv1(x)))
+        s4 = e.layer1(e.maxpool(s2))
+        s8 = e.layer2(s4)
+        s16 = e.layer3(s8)
+        return [s2, s4, s8, s16, e.layer4(s16)]
+
+    def forward(self, images):
+        """images (B, N, 3, H, W) in [0, 1], H and W multiples of 32 -> dict of
+        depth (B, N, 1, H, W) meters, logits (B, N, K, H/2, W/2), centers (B, N, K) meters,
+        features (B, N, C, H/8, W/8) decoder features (the `feature_level` stage)."""
+        b, n, _, h, w = images.shape
+        if h % ENCODER_STRIDE or w % ENCODER_STRIDE:
+            raise ValueError(f"image size {h}x{w} must be a multiple of {ENCODER_STRIDE}")
+        x = (images.flatten(0, 1) - self.mean) / self.std  # (B*N, 3, H, W)
+        skips = self.encode(x)
+        y = skips[-1]  # (B*N, 512, H/32, W/32), the bottleneck
+        stages = []
+        for reduce, fuse, skip in zip(self.reduce, self.fuse, skips[-2::-1]):
+            y = F.interpolate(reduce(y), size=skip.shape[-2:], mode="nearest")
+            y = fuse(torch.cat([y, skip], dim=1))
+            stages.append(y)
+        logits = self.logit_head(y).unflatten(0, (b, n))  # (B, N, K, H/2, W/2)
+
+        pooled = skips[-1].mean(dim=(2, 3)).unflatten(0, (b, n))  # GAP, (B, N, 512)
+        if self.cfg.shared_bins:  # one metric scale for the whole surround sample
+            pooled = pooled.mean(dim=1, keepdim=True).expand(-1, n, -1)
+        widths = torch.softmax(self.bin_mlp(pooled), dim=-1)  # Eq. (2), (B, N, K)
+        centers = bins_to_centers(widths, self.cfg.min_depth, self.cfg.max_depth)  # Eq. (3)
+
+        depth = hybrid_depth(logits, centers)  # Eqs. (4)-(5), (B, N, 1, H/2, W/2)
+        depth = F.interpolate(depth.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
+        features = stages[self.cfg.feature_level].unflatten(0, (b, n))  # (B, N, C, h', w')
+        return {"depth": depth.unflatten(0, (b, n)), "logits": logits, "centers": centers,
+                "features": features}
+
+    @torch.inference_mode()
+    def infer_image(self, image):
+        """One image (H0, W0, 3) uint8 array or PIL image -> metric depth (H0, W0) float32 meters.
+
+        The image is resized to the training size `cfg.image_size` (so the field of view per
+        pixel matches training), run as one view, and the depth resized back to (H0, W0).
+        """
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H0, W0)
+        x = x.to(self.mean.device, torch.float32)[None] / 255.0
+        h0, w0 = x.shape[-2:]
+        x = F.interpolate(x, size=self.cfg.image_size, mode="bilinear", align_corners=False, antialias=True)
+        depth = self(x[:, None])["depth"][:, 0]  # (1, 1, H, W)
+        depth = F.interpolate(depth, size=(h0, w0), mode="bilinear", align_corners=False)
+        return depth[0, 0].float().cpu().numpy()
+
+
+def save_checkpoint(path, payload):
+    """Write `payload` (a dict for torch.save) atomically: a temp file in the same folder, then
+    os.replace, so an interrupted save never leaves a half-written checkpoint."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing or unreadable; the message names the file and the fix."""
+
+
+def load_checkpoint(path, device="cpu"):
+    """Read a checkpoint written by train.py -> (Student in eval mode on `device`, raw dict)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint; train one with `python train.py --out DIR` "
+                              "and pass DIR/checkpoint.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        model = Student(StudentConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+    except Exception as err:  # a truncated/foreign file: one line, not a pickle traceback
+        raise CheckpointError(f"{path}: not a readable student checkpoint ({err.__class__.__name__}: "
+                              f"{str(err).splitlines()[0][:120]}); re-run train.py to write it") from None
+    return model.to(device).eval(), ckpt
+
