@@ -9,6 +9,7 @@ Implements Eqs. (1)-(5) of the README's method section:
 Also defines `StudentConfig` (stored in every checkpoint), `infer_image` (one image in, metric
 depth out at its own resolution) and the atomic checkpoint I/O used by train/evaluate/infer.
 """
+import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+
+from data import InputError
 
 # ImageNet statistics that torchvision's ResNet weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -160,23 +163,29 @@ class Student(nn.Module):
         return depth[0, 0].float().cpu().numpy()
 
 
-def save_checkpoint(path, payload):
-    """Write `payload` (a dict for torch.save) atomically: a temp file in the same folder, then
-    os.replace, so an interrupted save never leaves a half-written checkpoint."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; on success rename it onto `path` (os.replace is
+    atomic), on failure delete it. So an interrupted write never leaves a half-written file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
 
 
-class CheckpointError(RuntimeError):
+def save_checkpoint(path, payload):
+    """Write `payload` (a dict for torch.save) atomically to `path`."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+class CheckpointError(InputError):
     """A checkpoint that is missing or unreadable; the message names the file and the fix."""
 
 

@@ -1,0 +1,106 @@
+"""Metric depth for your own images with a trained student (Eq. 5 of the README's method section).
+
+    python infer.py img_dir/ [--checkpoint outputs/demo/checkpoint.pt] [--out outputs/infer]
+
+Takes an image file, a folder of images, or a .txt list of image paths. For each image it
+writes `<name>_depth.npy` (float32 meters at the original resolution) and `<name>_depth.png`
+(inverse depth colour-mapped over a robust range) into --out. When the inputs hold the six
+nuScenes camera names (e.g. `..._CAM_FRONT_LEFT_...jpg` or `CAM_FRONT_LEFT.png`), it also
+writes `surround_montage.png` laid out like the rig: FL F FR over BL B BR. Files it wrote
+itself, non-images and corrupt images are skipped with one line each; nothing is written over
+an input, and every output appears whole or not at all. Exits non-zero if nothing was processed.
+"""
+import argparse
+import os
+import re
+import sys
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from data import CAMERAS, InputError
+from model import atomic_path, load_checkpoint
+from viz import colorize, montage, save_png
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+OUTPUT_SUFFIX = "_depth"  # infer.py's own outputs end in this; they are never read as inputs
+
+
+def list_inputs(source):
+    """A file, folder or .txt list -> the paths to try, sorted; raises InputError if none exist."""
+    if os.path.isdir(source):
+        paths = [os.path.join(source, f) for f in sorted(os.listdir(source))]
+        return [p for p in paths if os.path.isfile(p)]
+    if source.endswith(".txt") and os.path.isfile(source):
+        with open(source) as f:
+            base = os.path.dirname(os.path.abspath(source))
+            return [os.path.join(base, line.strip()) for line in f if line.strip()]
+    if os.path.isfile(source):
+        return [source]
+    raise InputError(f"{source}: no such file or folder; pass an image, a folder of images or a .txt list")
+
+
+def camera_of(path):
+    """The nuScenes camera name in a file name (whole token, so CAM_FRONT != CAM_FRONT_LEFT), or None."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    for cam in sorted(CAMERAS, key=len, reverse=True):
+        if re.search(rf"(^|[^A-Z]){cam}([^A-Z_]|$)", stem):
+            return cam
+    return None
+
+
+def get_args(argv=None):
+    """The command line; every flag has help."""
+    p = argparse.ArgumentParser(description="Metric depth for your own images with a trained student.")
+    p.add_argument("input", help="an image, a folder of images, or a .txt file listing image paths")
+    p.add_argument("--checkpoint", default="outputs/demo/checkpoint.pt", help="checkpoint written by train.py")
+    p.add_argument("--out", default="outputs/infer", help="folder for <name>_depth.npy / .png and the montage")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    """Run the CLI; returns the number of images processed."""
+    args = get_args(argv)
+    paths = list_inputs(args.input)
+    model, _ = load_checkpoint(args.checkpoint, torch.device(args.device))
+    out_dir = os.path.abspath(args.out)
+    done, tiles = 0, {}
+    for path in paths:
+        stem, ext = os.path.splitext(os.path.basename(path))
+        if ext.lower() not in IMAGE_EXTENSIONS or stem.endswith(OUTPUT_SUFFIX):
+            print(f"skip {path}: not an input image")
+            continue
+        try:
+            with Image.open(path) as im:
+                image = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            print(f"skip {path}: unreadable image ({err.__class__.__name__})")
+            continue
+        depth = model.infer_image(image)  # (H0, W0) meters
+        npy, png = (os.path.join(out_dir, stem + OUTPUT_SUFFIX + e) for e in (".npy", ".png"))
+        if os.path.abspath(path) in (npy, png):
+            print(f"skip {path}: it would be overwritten by its own output")
+            continue
+        with atomic_path(npy) as tmp:
+            np.save(tmp, depth.astype(np.float32), allow_pickle=False)
+        colored = colorize(depth)
+        save_png(colored, png)
+        if camera_of(path):
+            tiles[camera_of(path)] = colored
+        done += 1
+        print(f"{path} -> {npy} (depth {depth.min():.1f}-{depth.max():.1f} m)")
+    if len(tiles) == len(CAMERAS):
+        save_png(montage([tiles[c] for c in CAMERAS]), os.path.join(out_dir, "surround_montage.png"))
+        print(f"surround montage -> {os.path.join(out_dir, 'surround_montage.png')}")
+    if done == 0:
+        raise InputError(f"{args.input}: no readable image was found; pass .jpg/.png images or a .txt list of them")
+    return done
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as err:  # bad paths and files: one line that names the file and the fix
+        sys.exit(f"error: {err}")

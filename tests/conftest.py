@@ -1,0 +1,5 @@
+"""pytest setup: the project is a flat folder of modules; make them importable from tests/."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

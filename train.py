@@ -1,0 +1,249 @@
+"""Train the student: supervised terms, CKD and VRKD, Eq. (17) of the README's method section.
+
+    python train.py                              # synthetic world, the paper's method
+    python train.py --lambda-ckd 0 --lambda-vr 0 # the supervised baseline, same budget
+    python train.py --data nuscenes --dataroot /data/nuscenes
+
+The loop in `main` reads top to bottom: data, teacher targets, forward, losses, backward,
+step, log, validate, save. The schedule (`one_cycle_lr`), the loss (`total_loss`) and the
+batch order (`StepSampler`) are small pure pieces. Checkpoints are written atomically and
+hold the StudentConfig, weights, optimizer state, step and args; `--resume` continues exactly.
+"""
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import losses
+from data import ADJACENT_PAIRS, MAX_DEPTH, MIN_DEPTH, InputError, build_dataset
+from evaluate import evaluate_model
+from model import Student, StudentConfig, load_checkpoint, save_checkpoint
+
+# Default input size per dataset, (H, W): the synthetic demo size and SurroundDepth's nuScenes size.
+DEFAULT_IMAGE_SIZE = {"synthetic": (96, 160), "nuscenes": (352, 640)}
+# One-cycle schedule (Smith 2018, as AdaBins trains): warm up for this fraction of the steps
+# from max_lr / ONE_CYCLE_DIV to max_lr, then cosine down to max_lr / ONE_CYCLE_FINAL_DIV.
+ONE_CYCLE_WARMUP = 0.1
+ONE_CYCLE_DIV = 25.0
+ONE_CYCLE_FINAL_DIV = 1e3
+
+
+def get_args(argv=None):
+    """The command line; every flag has help, fixed sets of values are `choices`."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="synthetic", choices=["synthetic", "nuscenes"], help="training data")
+    p.add_argument("--dataroot", default=None, help="nuScenes root folder (holds samples/, sweeps/, v1.0-*/)")
+    p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
+                   help="nuScenes version; its splits are train/val or mini_train/mini_val")
+    p.add_argument("--lidar-sweeps", type=int, default=1, help="nuScenes: LiDAR sweeps accumulated for training ground truth")
+    p.add_argument("--steps", type=int, default=600, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=2, help="surround samples per step (each holds 6 views)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+    p.add_argument("--num-bins", type=int, default=64, help="K, the number of adaptive depth bins (Eqs. 2-7)")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="input size, multiples of 32 (default: 96 160 synthetic, 352 640 nuScenes)")
+    p.add_argument("--encoder", default="resnet18", choices=["resnet18", "resnet34"], help="student encoder")
+    p.add_argument("--shared-bins", action="store_true", help="one set of bin widths per surround sample (Eq. 2)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="ImageNet encoder weights via torchvision (default: on for nuScenes, off for synthetic)")
+    p.add_argument("--beta-bins", type=float, default=0.1, help="beta, weight of the bin chamfer loss (Eq. 17)")
+    p.add_argument("--teacher", default="auto",
+                   help="'auto' (emulated on synthetic, Depth-Anything-V2-Small on nuScenes), 'emulated', "
+                        "a Hugging Face id or a local Depth Anything V2 folder")
+    p.add_argument("--teacher-cache", default=None, help="folder written by `teacher.py --cache` (default: none)")
+    p.add_argument("--lambda-ckd", type=float, default=1.0, help="weight of L_CKD (Eq. 17); 0 turns CKD off")
+    p.add_argument("--lambda-cross", type=float, default=1.0, help="lambda_x, weight of L_cross inside L_CKD (Eq. 11)")
+    p.add_argument("--tau", type=float, default=1.0, help="temperature of the bin KD (Eq. 10)")
+    p.add_argument("--sigma", type=float, default=None, help="width of the teacher's soft bins (Eq. 7; default 1/K)")
+    p.add_argument("--lambda-vr", type=float, default=1.0, help="weight of L_VRKD (Eq. 17); 0 turns VRKD off")
+    p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
+    p.add_argument("--vr-grid", type=int, nargs=2, default=(4, 2), metavar=("GH", "GW"), help="token grid per strip (Eq. 12)")
+    p.add_argument("--vr-tau", type=float, default=0.1, help="temperature tau_v of the relation softmax (Eq. 13)")
+    p.add_argument("--val-every", type=int, default=200, help="validate and save every this many steps")
+    p.add_argument("--val-samples", type=int, default=16, help="validation surround samples")
+    p.add_argument("--out", default="outputs/run", help="folder for checkpoint.pt, args.json, metrics.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, batch order and synthetic worlds")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (0: load in the main process)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    args = p.parse_args(argv)
+    if args.image_size is None:
+        args.image_size = DEFAULT_IMAGE_SIZE[args.data]
+    if args.pretrained is None:
+        args.pretrained = args.data == "nuscenes"
+    if args.teacher == "auto":
+        args.teacher = "emulated" if args.data == "synthetic" else "depth-anything/Depth-Anything-V2-Small-hf"
+    args.image_size, args.vr_grid = list(args.image_size), list(args.vr_grid)
+    return args
+
+
+def one_cycle_lr(step, total_steps, max_lr):
+    """Learning rate at `step` of a one-cycle schedule: linear warm-up, then cosine decay."""
+    warm = max(1, int(ONE_CYCLE_WARMUP * total_steps))
+    if step < warm:
+        return max_lr / ONE_CYCLE_DIV + (max_lr - max_lr / ONE_CYCLE_DIV) * step / warm
+    progress = (step - warm) / max(1, total_steps - warm)
+    low = max_lr / ONE_CYCLE_FINAL_DIV
+    return low + 0.5 * (max_lr - low) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """Batches of dataset indices as a pure function of (seed, step): a fresh permutation per
+    epoch, so resuming at step s replays exactly the batches s, s+1, ... of the first run."""
+
+    def __init__(self, num_items, batch_size, seed, start_step, total_steps):
+        self.n, self.b, self.seed = num_items, batch_size, seed
+        self.start, self.total = start_step, total_steps
+
+    def __len__(self):
+        return self.total - self.start
+
+    def batch(self, step):
+        """Indices (batch_size,) of step `step`: positions step*B.. of the endless epoch stream."""
+        positions = range(step * self.b, (step + 1) * self.b)
+        return [int(self.permutation(p // self.n)[p % self.n]) for p in positions]
+
+    def permutation(self, epoch):
+        """The order of the items in `epoch`."""
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def __iter__(self):
+        return (self.batch(s) for s in range(self.start, self.total))
+
+
+def teacher_targets(teacher, batch, strip, grid):
+    """Run the frozen teacher on a batch -> normalised farness s (B, N, 1, H, W), Eq. (6), and
+    its border tokens (left, right), each (B, N, L, C), Eq. (12). `teacher.py --cache` stores
+    exactly these two, so a cached run sees the same targets."""
+    images = batch.get("images_teacher", batch["images"])  # un-jittered when augmenting
+    b, n = images.shape[:2]
+    dense = batch.get("depth_dense")
+    out = teacher(images.flatten(0, 1), None if dense is None else dense.flatten(0, 1))
+    farness = losses.normalised_farness(out["disparity"]).unflatten(0, (b, n))  # (B, N, 1, H, W)
+    tokens = losses.border_tokens(out["features"].unflatten(0, (b, n)), strip, tuple(grid))
+    return farness, tokens
+
+
+def total_loss(out, batch, args, farness=None, teacher_tokens=None):
+    """Eq. (17): L = L_si + beta L_bins + lambda_ckd (L_kd + lambda_x L_cross) + lambda_vr L_VRKD.
+    Returns (scalar loss, dict of every term as a float for logging)."""
+    target = batch["depth"]  # (B, N, 1, H, W) sparse D*
+    mask = (target > MIN_DEPTH) & (target < MAX_DEPTH)  # M
+    terms = {"si": losses.silog(out["depth"], target, mask),  # Eq. (15)
+             "bins": losses.bin_chamfer(out["centers"], target, mask)}  # Eq. (16)
+    loss = terms["si"] + args.beta_bins * terms["bins"]
+    if args.lambda_ckd > 0:
+        probs = losses.farness_bin_probs(farness, args.num_bins, args.sigma)  # Eq. (7), (B, N, K, H, W)
+        ckd = losses.cross_interaction_kd(out["logits"], out["centers"], probs, target, mask, tau=args.tau)
+        terms.update(ckd)
+        loss = loss + args.lambda_ckd * (ckd["kd"] + args.lambda_cross * ckd["cross"])  # Eq. (11)
+    if args.lambda_vr > 0:
+        student_tokens = losses.border_tokens(out["features"], args.vr_strip, tuple(args.vr_grid))
+        terms["vr"] = losses.relational_kd(student_tokens, teacher_tokens, ADJACENT_PAIRS, args.vr_tau)  # Eq. (14)
+        loss = loss + args.lambda_vr * terms["vr"]
+    return loss, {k: v.item() for k, v in terms.items()}
+
+
+def drop_log_after(path, step):
+    """On resume, forget log lines of steps after the checkpoint (a crashed run wrote them)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            keep = [line for line in f if json.loads(line)["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(keep)
+
+
+def main(argv=None):
+    args = get_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+
+    # Data: a surround sample is (N=6 views); batches follow StepSampler (seed, step).
+    train_set = build_dataset(args.data, "train" if args.version != "v1.0-mini" else "mini_train",
+                              image_size=args.image_size, dataroot=args.dataroot, version=args.version,
+                              seed=args.seed, **({"lidar_sweeps": args.lidar_sweeps, "augment": True}
+                                                 if args.data == "nuscenes" else {}))
+    val_set = build_dataset(args.data, "val" if args.version != "v1.0-mini" else "mini_val",
+                            image_size=args.image_size, dataroot=args.dataroot, version=args.version, seed=args.seed)
+    val_set = torch.utils.data.Subset(val_set, range(min(args.val_samples, len(val_set))))
+
+    # Model and optimizer; --resume restores both, and the step.
+    cfg = StudentConfig(encoder=args.encoder, num_bins=args.num_bins, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH,
+                        shared_bins=args.shared_bins, image_size=tuple(args.image_size))
+    model = Student(cfg, pretrained=args.pretrained and not args.resume).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    step = 0
+    if args.resume:
+        model, ckpt = load_checkpoint(ckpt_path, device)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        torch.set_rng_state(ckpt["rng"])
+        drop_log_after(os.path.join(args.out, "metrics.jsonl"), step)
+    with open(os.path.join(args.out, "args.json"), "w") as f:
+        json.dump(vars(args), f, indent=2)
+
+    teacher = None
+    if (args.lambda_ckd > 0 or args.lambda_vr > 0) and args.teacher_cache is None:
+        from teacher import build_teacher  # transformers is imported only when a teacher is used
+        teacher = build_teacher(args.teacher, device=device)
+    if args.teacher_cache is not None:
+        from teacher import CachedTargets
+        train_set = CachedTargets(train_set, args.teacher_cache)
+
+    sampler = StepSampler(len(train_set), args.batch_size, args.seed, step, args.steps)
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=False)
+    log = open(os.path.join(args.out, "metrics.jsonl"), "a")
+    bar = tqdm(loader, total=args.steps, initial=step, desc="train", dynamic_ncols=True)
+    model.train()
+    for batch in bar:
+        # Data and teacher targets (from the cache, or one frozen teacher pass).
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        farness, tokens = batch.pop("teacher_farness", None), None
+        if farness is not None:
+            tokens = (batch.pop("teacher_left"), batch.pop("teacher_right"))
+        elif teacher is not None:
+            farness, tokens = teacher_targets(teacher, batch, args.vr_strip, args.vr_grid)
+        # Forward, losses, backward, step.
+        lr = one_cycle_lr(step, args.steps, args.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        out = model(batch["images"])
+        loss, terms = total_loss(out, batch, args, farness, tokens)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        # Log.
+        bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
+        log.write(json.dumps({"step": step, "lr": lr, "loss": float(loss), **terms, "time": time.time()}) + "\n")
+        # Validate and save.
+        if step % args.val_every == 0 or step == args.steps:
+            metrics = evaluate_model(model, val_set, device, progress=False)["all"]["sparse"]
+            model.train()
+            log.write(json.dumps({"step": step, "val": metrics}) + "\n")
+            log.flush()
+            bar.write(f"step {step}: val abs_rel {metrics['abs_rel']:.4f} rmse {metrics['rmse']:.3f} a1 {metrics['a1']:.3f}")
+            save_checkpoint(ckpt_path, {"config": asdict(model.cfg), "model": model.state_dict(),
+                                        "optimizer": optimizer.state_dict(), "step": step, "args": vars(args),
+                                        "rng": torch.get_rng_state()})
+    log.close()
+    return model
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as err:  # bad paths and files: one line that names the file and the fix
+        raise SystemExit(f"error: {err}")

@@ -1,0 +1,98 @@
+"""Pictures: colour-mapped depth, the surround montage laid out like the rig, sample figures.
+
+Used by evaluate.py (the demo's figures) and infer.py (per-image PNGs and the montage).
+Depth is coloured as inverse depth (near = bright), over a robust range that ends at the
+95th percentile (as monodepth2 and Depth-Anything-V2 colour their outputs).
+"""
+import numpy as np
+from PIL import Image, ImageDraw
+
+from data import CAMERAS
+from model import atomic_path
+
+# Anchor colours of a perceptually ordered dark-to-bright map (black, purple, red, orange,
+# pale yellow); `colorize` interpolates linearly between them.
+COLORMAP_ANCHORS = np.array([[0, 0, 4], [80, 18, 123], [182, 54, 121], [251, 136, 97], [252, 253, 191]], float)
+ROBUST_PERCENTILE = 95  # the top of the colour range, robust to a few very near pixels
+# Montage layout of the rig as seen from above, front on top: FL F FR over BL B BR.
+MONTAGE_LAYOUT = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
+                  ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
+NO_DEPTH_COLOR = (40, 40, 40)  # pixels without (ground-truth) depth
+
+
+def inverse_depth_range(depths):
+    """Shared colour range (lo, hi) of inverse depth over a list of depth maps (meters)."""
+    inv = np.concatenate([1.0 / d[d > 0] for d in depths if (d > 0).any()] or [np.ones(1)])
+    return float(inv.min()), float(np.percentile(inv, ROBUST_PERCENTILE))
+
+
+def colorize(depth, value_range=None):
+    """Depth (H, W) meters, 0 = none -> RGB uint8 (H, W, 3), near bright and far dark."""
+    depth = np.asarray(depth, dtype=np.float64)
+    lo, hi = inverse_depth_range([depth]) if value_range is None else value_range
+    valid = depth > 0
+    x = np.clip((1.0 / np.where(valid, depth, 1.0) - lo) / max(hi - lo, 1e-12), 0, 1)
+    pos = x * (len(COLORMAP_ANCHORS) - 1)
+    i = np.minimum(pos.astype(int), len(COLORMAP_ANCHORS) - 2)
+    frac = (pos - i)[..., None]
+    rgb = COLORMAP_ANCHORS[i] * (1 - frac) + COLORMAP_ANCHORS[i + 1] * frac
+    rgb[~valid] = NO_DEPTH_COLOR
+    return rgb.astype(np.uint8)
+
+
+def dilate_sparse(depth, radius=1):
+    """Sparse depth (H, W) -> each point drawn as a (2r+1)^2 square, so it shows in a figure."""
+    out = depth.copy()
+    h, w = depth.shape
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            shifted = np.zeros_like(depth)
+            shifted[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+                depth[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+            out = np.where((out == 0) & (shifted > 0), shifted, out)
+    return out
+
+
+def to_uint8(image):
+    """Image (3, H, W) or (H, W, 3) float in [0, 1] -> (H, W, 3) uint8."""
+    image = np.asarray(image)
+    if image.shape[0] == 3 and image.shape[-1] != 3:
+        image = image.transpose(1, 2, 0)
+    return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def montage(tiles):
+    """Six (H, W, 3) uint8 tiles in the order of data.CAMERAS -> one (2H, 3W, 3) picture of
+    the rig seen from above (front row FL F FR, back row BL B BR). Tiles may differ in size:
+    each is resized to the first one's."""
+    h, w = tiles[0].shape[:2]
+    by_name = {name: np.asarray(Image.fromarray(t).resize((w, h))) for name, t in zip(CAMERAS, tiles)}
+    return np.concatenate([np.concatenate([by_name[c] for c in row], axis=1) for row in MONTAGE_LAYOUT], axis=0)
+
+
+def sample_figure(images, pred, gt, title=""):
+    """A surround sample as three rig montages stacked: image, prediction, ground truth.
+
+    images (6, 3, H, W) in [0, 1]; pred, gt (6, 1, H, W) meters (gt 0 where none; a sparse gt
+    is dilated so it shows). All depth shares one colour range. Returns an RGB uint8 array.
+    """
+    pred, gt = np.asarray(pred)[:, 0], np.asarray(gt)[:, 0]
+    sparse = (gt > 0).mean() < 0.5
+    gt_show = [dilate_sparse(g) if sparse else g for g in gt]
+    value_range = inverse_depth_range(list(gt_show) + list(pred))
+    rows = [montage([to_uint8(im) for im in np.asarray(images)]),
+            montage([colorize(p, value_range) for p in pred]),
+            montage([colorize(g, value_range) for g in gt_show])]
+    labels = ["image", "prediction", "ground truth" + (" (sparse LiDAR)" if sparse else " (dense)")]
+    picture = Image.fromarray(np.concatenate(rows, axis=0))
+    draw = ImageDraw.Draw(picture)
+    step = rows[0].shape[0]
+    for r, label in enumerate(labels):
+        draw.text((4, r * step + 2), f"{title} {label}".strip(), fill=(255, 255, 255))
+    return np.asarray(picture)
+
+
+def save_png(array, path):
+    """Write an RGB uint8 array as PNG atomically (never half-written)."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
