@@ -6,7 +6,7 @@ Takes an image file, a folder of images, or a .txt list of image paths. For each
 writes `<name>_depth.npy` (float32 meters at the original resolution) and `<name>_depth.png`
 (inverse depth colour-mapped over a robust range) into --out. When the inputs hold the six
 nuScenes camera names (e.g. `..._CAM_FRONT_LEFT_...jpg` or `CAM_FRONT_LEFT.png`), it also
-writes `surround_montage.png` laid out like the rig: FL F FR over BL B BR. Files it wrote
+writes `surround_depth.png` laid out like the rig: FL F FR over BL B BR. Files it wrote
 itself, non-images and corrupt images are skipped with one line each; nothing is written over
 an input, and every output appears whole or not at all. Exits non-zero if nothing was processed.
 """
@@ -45,7 +45,7 @@ def camera_of(path):
     """The nuScenes camera name in a file name (whole token, so CAM_FRONT != CAM_FRONT_LEFT), or None."""
     stem = os.path.splitext(os.path.basename(path))[0]
     for cam in sorted(CAMERAS, key=len, reverse=True):
-        if re.search(rf"(^|[^A-Z]){cam}([^A-Z_]|$)", stem):
+        if re.search(rf"(?<![A-Z]){cam}(?![A-Z]|_[A-Z])", stem):
             return cam
     return None
 
@@ -92,8 +92,9 @@ def main(argv=None):
         done += 1
         print(f"{path} -> {npy} (depth {depth.min():.1f}-{depth.max():.1f} m)")
     if len(tiles) == len(CAMERAS):
-        save_png(montage([tiles[c] for c in CAMERAS]), os.path.join(out_dir, "surround_montage.png"))
-        print(f"surround montage -> {os.path.join(out_dir, 'surround_montage.png')}")
+        path = os.path.join(out_dir, "surround" + OUTPUT_SUFFIX + ".png")  # skipped as input, like the rest
+        save_png(montage([tiles[c] for c in CAMERAS]), path)
+        print(f"surround montage -> {path}")
     if done == 0:
         raise InputError(f"{args.input}: no readable image was found; pass .jpg/.png images or a .txt list of them")
     return done

@@ -18,7 +18,9 @@ Every teacher is called as `teacher(images, depth_dense=None)` with images (M, 3
 [0, 1] and returns {'disparity': (M, 1, H, W) float32 relative inverse depth, 'features':
 (M, C, h, w) float32}. Its `name` identifies its outputs (the key of the teacher cache).
 """
+import argparse
 import hashlib
+import json
 import os
 import re
 
@@ -313,3 +315,101 @@ def build_teacher(name, device="cpu", long_side=DEFAULT_LONG_SIDE):
     if name.startswith("random-") and name[len("random-"):] in TEACHER_ARCHS:
         return build_random_teacher(name[len("random-"):], device, long_side)
     return load_teacher(name, device, long_side=long_side)
+
+
+def distillation_targets(teacher, batch, strip, grid):
+    """What training needs from the teacher for a batch: the normalised farness s of Eq. (6),
+    (B, N, 1, H, W), and the border tokens (left, right) of Eq. (12), each (B, N, L, C).
+    `train.py` calls this when no cache exists; `--cache` stores exactly these, so a cached
+    run sees the same targets (up to fp16)."""
+    images = batch.get("images_teacher", batch["images"])  # un-jittered when augmenting
+    b, n = images.shape[:2]
+    dense = batch.get("depth_dense")
+    out = teacher(images.flatten(0, 1), None if dense is None else dense.flatten(0, 1))
+    farness = losses.normalised_farness(out["disparity"]).unflatten(0, (b, n))  # (B, N, 1, H, W)
+    return farness, losses.border_tokens(out["features"].unflatten(0, (b, n)), strip, tuple(grid))
+
+
+def cache_folder(root, teacher_name, image_size, strip, grid):
+    """The cache of one teacher at one image size and token layout: its key is in the name."""
+    h, w = image_size
+    return os.path.join(root, f"{teacher_name}_{h}x{w}_strip{strip:g}_grid{grid[0]}x{grid[1]}")
+
+
+class CachedTargets(torch.utils.data.Dataset):
+    """A dataset whose items also carry the cached teacher targets (`teacher_farness`,
+    `teacher_left`, `teacher_right`), so training runs no teacher. Its length is the number of
+    samples that were cached (the first items of the split)."""
+
+    def __init__(self, dataset, folder):
+        meta_path = os.path.join(folder, "meta.json")
+        if not os.path.isfile(meta_path):
+            raise InputError(f"{folder}: no teacher cache here; write one with `python teacher.py --cache --out {folder}`")
+        with open(meta_path) as f:
+            self.meta = json.load(f)
+        self.dataset, self.folder = dataset, folder
+        self.length = sum(os.path.isfile(self.path(i)) for i in range(self.meta["num_samples"]))
+
+    def path(self, index):
+        """The cache file of item `index`."""
+        return os.path.join(self.folder, f"{index:07d}.pt")
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        item = dict(self.dataset[index])
+        cached = torch.load(self.path(index), weights_only=True)
+        item.update({f"teacher_{k}": v.float() for k, v in cached.items()})
+        return item
+
+
+def write_cache(teacher, dataset, folder, num_samples, strip, grid, device):
+    """Run the teacher once over the first `num_samples` items of `dataset`; one fp16 file per
+    item, written atomically. Items already in the cache are skipped, so an interrupted run resumes."""
+    from tqdm import tqdm
+
+    from model import atomic_path  # one atomic-write helper for the whole project
+
+    os.makedirs(folder, exist_ok=True)
+    with atomic_path(os.path.join(folder, "meta.json")) as tmp, open(tmp, "w") as f:
+        json.dump({"teacher": teacher.name, "num_samples": num_samples, "strip": strip, "grid": list(grid)}, f)
+    for i in tqdm(range(num_samples), desc=f"cache {teacher.name}", dynamic_ncols=True):
+        path = os.path.join(folder, f"{i:07d}.pt")
+        if os.path.isfile(path):
+            continue
+        batch = {k: v[None].to(device) for k, v in dataset[i].items()}
+        farness, (left, right) = distillation_targets(teacher, batch, strip, grid)
+        with atomic_path(path) as tmp:
+            torch.save({"farness": farness[0].half().cpu(), "left": left[0].half().cpu(),
+                        "right": right[0].half().cpu()}, tmp)
+
+
+def main(argv=None):
+    """`python teacher.py --cache ...`: the teacher cache of a split, keyed by teacher and size."""
+    from data import build_dataset
+    from train import get_args
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--cache", action="store_true", help="write the teacher cache of the training split")
+    parser.add_argument("--num-samples", type=int, default=2000, help="cache the first this many items of the split")
+    parser.add_argument("--cache-root", default="outputs/teacher_cache", help="root folder of all caches")
+    ours, rest = parser.parse_known_args(argv)
+    if not ours.cache:
+        parser.error("nothing to do: pass --cache (plus train.py's data and teacher flags)")
+    args = get_args(rest)  # the same --data, --teacher, --image-size, --vr-* as train.py
+    device = torch.device(args.device)
+    split = "mini_train" if args.version == "v1.0-mini" else "train"
+    dataset = build_dataset(args.data, split, image_size=args.image_size, dataroot=args.dataroot,
+                            version=args.version, seed=args.seed)
+    teacher = build_teacher(args.teacher, device=device)
+    folder = cache_folder(ours.cache_root, teacher.name, args.image_size, args.vr_strip, args.vr_grid)
+    write_cache(teacher, dataset, folder, min(ours.num_samples, len(dataset)), args.vr_strip, args.vr_grid, device)
+    print(f"teacher cache: {folder}  (train with --teacher-cache {folder})")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as err:  # bad paths and files: one line that names the file and the fix
+        raise SystemExit(f"error: {err}")

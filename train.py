@@ -24,6 +24,7 @@ import losses
 from data import ADJACENT_PAIRS, MAX_DEPTH, MIN_DEPTH, InputError, build_dataset
 from evaluate import evaluate_model
 from model import Student, StudentConfig, load_checkpoint, save_checkpoint
+from teacher import CachedTargets, build_teacher, distillation_targets
 
 # Default input size per dataset, (H, W): the synthetic demo size and SurroundDepth's nuScenes size.
 DEFAULT_IMAGE_SIZE = {"synthetic": (96, 160), "nuscenes": (352, 640)}
@@ -118,19 +119,6 @@ class StepSampler(torch.utils.data.Sampler):
         return (self.batch(s) for s in range(self.start, self.total))
 
 
-def teacher_targets(teacher, batch, strip, grid):
-    """Run the frozen teacher on a batch -> normalised farness s (B, N, 1, H, W), Eq. (6), and
-    its border tokens (left, right), each (B, N, L, C), Eq. (12). `teacher.py --cache` stores
-    exactly these two, so a cached run sees the same targets."""
-    images = batch.get("images_teacher", batch["images"])  # un-jittered when augmenting
-    b, n = images.shape[:2]
-    dense = batch.get("depth_dense")
-    out = teacher(images.flatten(0, 1), None if dense is None else dense.flatten(0, 1))
-    farness = losses.normalised_farness(out["disparity"]).unflatten(0, (b, n))  # (B, N, 1, H, W)
-    tokens = losses.border_tokens(out["features"].unflatten(0, (b, n)), strip, tuple(grid))
-    return farness, tokens
-
-
 def total_loss(out, batch, args, farness=None, teacher_tokens=None):
     """Eq. (17): L = L_si + beta L_bins + lambda_ckd (L_kd + lambda_x L_cross) + lambda_vr L_VRKD.
     Returns (scalar loss, dict of every term as a float for logging)."""
@@ -195,10 +183,8 @@ def main(argv=None):
 
     teacher = None
     if (args.lambda_ckd > 0 or args.lambda_vr > 0) and args.teacher_cache is None:
-        from teacher import build_teacher  # transformers is imported only when a teacher is used
         teacher = build_teacher(args.teacher, device=device)
     if args.teacher_cache is not None:
-        from teacher import CachedTargets
         train_set = CachedTargets(train_set, args.teacher_cache)
 
     sampler = StepSampler(len(train_set), args.batch_size, args.seed, step, args.steps)
@@ -214,7 +200,7 @@ def main(argv=None):
         if farness is not None:
             tokens = (batch.pop("teacher_left"), batch.pop("teacher_right"))
         elif teacher is not None:
-            farness, tokens = teacher_targets(teacher, batch, args.vr_strip, args.vr_grid)
+            farness, tokens = distillation_targets(teacher, batch, args.vr_strip, args.vr_grid)
         # Forward, losses, backward, step.
         lr = one_cycle_lr(step, args.steps, args.lr)
         for group in optimizer.param_groups:
@@ -227,7 +213,7 @@ def main(argv=None):
         step += 1
         # Log.
         bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
-        log.write(json.dumps({"step": step, "lr": lr, "loss": float(loss), **terms, "time": time.time()}) + "\n")
+        log.write(json.dumps({"step": step, "lr": lr, "loss": loss.item(), **terms, "time": time.time()}) + "\n")
         # Validate and save.
         if step % args.val_every == 0 or step == args.steps:
             metrics = evaluate_model(model, val_set, device, progress=False)["all"]["sparse"]

@@ -1,0 +1,68 @@
+"""The teacher cache and the CKD/VRKD training terms: `teacher.py --cache` followed by training
+with the cache gives the same losses as running the teacher, within fp16 tolerance."""
+import os
+
+import pytest
+import torch
+
+import teacher
+import train
+from model import Student, StudentConfig
+from synthetic import SyntheticSurround
+
+SIZE = ["--image-size", "64", "96", "--num-bins", "16"]
+
+
+def test_cached_targets_give_the_same_losses(tmp_path):
+    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path)] + SIZE)
+    (folder,) = [tmp_path / d for d in os.listdir(tmp_path)]
+    assert "emulated" in folder.name and "64x96" in folder.name  # keyed by teacher and size
+    cached = teacher.CachedTargets(SyntheticSurround("train", image_size=(64, 96)), str(folder))
+    assert len(cached) == 2
+    args = train.get_args(SIZE)
+    torch.manual_seed(0)
+    model = Student(StudentConfig(num_bins=16, image_size=(64, 96)))
+    live_teacher = teacher.build_teacher("emulated")
+    for i in range(2):
+        batch = {k: v[None] for k, v in cached[i].items()}
+        out = model(batch["images"])
+        farness, tokens = teacher.distillation_targets(live_teacher, batch, args.vr_strip, args.vr_grid)
+        _, live = train.total_loss(out, batch, args, farness, tokens)
+        _, from_cache = train.total_loss(out, batch, args, batch["teacher_farness"],
+                                         (batch["teacher_left"], batch["teacher_right"]))
+        assert set(live) == {"si", "bins", "kd", "cross", "vr"}
+        for k in live:
+            assert from_cache[k] == pytest.approx(live[k], rel=2e-3, abs=1e-4), k
+        torch.testing.assert_close(batch["teacher_farness"], farness, atol=1e-3, rtol=0)  # fp16 of s in [0, 1]
+
+
+def test_cache_resumes_and_rejects_a_missing_folder(tmp_path):
+    teacher.main(["--cache", "--num-samples", "1", "--cache-root", str(tmp_path)] + SIZE)
+    (folder,) = [tmp_path / d for d in os.listdir(tmp_path)]
+    first = (folder / "0000000.pt").stat().st_mtime_ns
+    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path)] + SIZE)
+    assert (folder / "0000000.pt").stat().st_mtime_ns == first  # not recomputed
+    assert (folder / "0000001.pt").exists()
+    with pytest.raises(teacher.InputError, match="no teacher cache"):
+        teacher.CachedTargets(SyntheticSurround("train"), str(tmp_path / "nothing"))
+
+
+def test_training_with_the_cache_runs_no_teacher(tmp_path, monkeypatch):
+    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path / "c")] + SIZE)
+    (folder,) = [tmp_path / "c" / d for d in os.listdir(tmp_path / "c")]
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("a cached run must not build a teacher")
+
+    monkeypatch.setattr(train, "build_teacher", no_teacher)
+    model = train.main(SIZE + ["--steps", "2", "--batch-size", "1", "--val-samples", "1", "--workers", "0",
+                               "--teacher-cache", str(folder), "--out", str(tmp_path / "run")])
+    assert model is not None
+
+
+def test_baseline_uses_no_teacher_terms(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "build_teacher", lambda *a, **k: pytest.fail("the baseline needs no teacher"))
+    train.main(SIZE + ["--steps", "1", "--batch-size", "1", "--val-samples", "1", "--workers", "0",
+                       "--lambda-ckd", "0", "--lambda-vr", "0", "--out", str(tmp_path)])
+    line = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
+    assert '"kd"' not in line and '"vr"' not in line and '"si"' in line
