@@ -28,6 +28,8 @@ from teacher import CachedTargets, build_teacher, distillation_targets
 
 # Default input size per dataset, (H, W): the synthetic demo size and SurroundDepth's nuScenes size.
 DEFAULT_IMAGE_SIZE = {"synthetic": (96, 160), "nuscenes": (352, 640)}
+# Default training length per dataset: the synthetic demo takes ~5 minutes on 2 CPU cores.
+DEFAULT_STEPS = {"synthetic": 300, "nuscenes": 30000}
 # One-cycle schedule (Smith 2018, as AdaBins trains): warm up for this fraction of the steps
 # from max_lr / ONE_CYCLE_DIV to max_lr, then cosine down to max_lr / ONE_CYCLE_FINAL_DIV.
 ONE_CYCLE_WARMUP = 0.1
@@ -43,7 +45,7 @@ def get_args(argv=None):
     p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
                    help="nuScenes version; its splits are train/val or mini_train/mini_val")
     p.add_argument("--lidar-sweeps", type=int, default=1, help="nuScenes: LiDAR sweeps accumulated for training ground truth")
-    p.add_argument("--steps", type=int, default=600, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 300 synthetic, 30000 nuScenes)")
     p.add_argument("--batch-size", type=int, default=2, help="surround samples per step (each holds 6 views)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
@@ -67,7 +69,7 @@ def get_args(argv=None):
     p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
     p.add_argument("--vr-grid", type=int, nargs=2, default=(4, 2), metavar=("GH", "GW"), help="token grid per strip (Eq. 12)")
     p.add_argument("--vr-tau", type=float, default=0.1, help="temperature tau_v of the relation softmax (Eq. 13)")
-    p.add_argument("--val-every", type=int, default=200, help="validate and save every this many steps")
+    p.add_argument("--val-every", type=int, default=100, help="validate and save every this many steps")
     p.add_argument("--val-samples", type=int, default=16, help="validation surround samples")
     p.add_argument("--out", default="outputs/run", help="folder for checkpoint.pt, args.json, metrics.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
@@ -77,6 +79,8 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if args.image_size is None:
         args.image_size = DEFAULT_IMAGE_SIZE[args.data]
+    if args.steps is None:
+        args.steps = DEFAULT_STEPS[args.data]
     if args.pretrained is None:
         args.pretrained = args.data == "nuscenes"
     if args.teacher == "auto":
