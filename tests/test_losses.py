@@ -108,6 +108,18 @@ def test_bin_chamfer_positive_when_shifted(shift):
     assert 0 < loss <= 2 * shift**2 + 1e-4
 
 
+def test_bin_chamfer_both_directions_hand_computed():
+    """centers {1, 2} vs depths {1, 2, 5}: centers->points 0, points->centers (0 + 0 + 9) / 3 = 3.
+    centers {1, 2, 10} vs depths {1, 2}: centers->points (0 + 0 + 64) / 3, points->centers 0."""
+    target = torch.tensor([1.0, 2.0, 5.0, 7.0]).reshape(1, 1, 1, 2, 2)
+    mask = torch.tensor([True, True, True, False]).reshape(1, 1, 1, 2, 2)
+    got = losses.bin_chamfer(torch.tensor([[[1.0, 2.0]]]), target, mask)
+    assert got.item() == pytest.approx(3.0, rel=1e-6)
+    mask = torch.tensor([True, True, False, False]).reshape(1, 1, 1, 2, 2)
+    got = losses.bin_chamfer(torch.tensor([[[1.0, 2.0, 10.0]]]), target, mask)
+    assert got.item() == pytest.approx(64.0 / 3, rel=1e-6)
+
+
 def test_bin_chamfer_ignores_masked_pixels_and_empty_views():
     centers, target, mask = _chamfer_case()
     base = losses.bin_chamfer(centers + 1.0, target, mask)
@@ -167,6 +179,37 @@ def test_teacher_bin_probs_is_a_distribution_and_farness_in_unit_interval():
     assert torch.allclose(p.sum(dim=2), torch.ones(2, 3, 16, 24), atol=1e-5)
 
 
+def test_normalised_farness_uses_2nd_and_98th_percentiles():
+    # r = 0, 1, ..., 99: q_lo = 0.02 * 99 = 1.98, q_hi = 0.98 * 99 = 97.02 (linear interpolation)
+    r = torch.arange(100, dtype=torch.float32).reshape(1, 1, 10, 10)
+    s = losses.normalised_farness(r).flatten()
+    assert s[50].item() == pytest.approx(1 - (50 - 1.98) / (97.02 - 1.98), abs=1e-6)
+    assert s[97].item() == pytest.approx(1 - (97 - 1.98) / 95.04, abs=1e-6)
+    assert s[98].item() == 0.0 and s[99].item() == 0.0  # above q_hi: clipped to "nearest"
+    assert s[0].item() == 1.0 and s[1].item() == 1.0  # below q_lo: clipped to "farthest"
+    assert 0.0 < s[2].item() < 1.0
+    # a sky-like outlier barely moves the others: the percentiles are robust
+    r2 = r.clone()
+    r2.view(-1)[0] = -1e6
+    assert (losses.normalised_farness(r2).flatten()[1:] - s[1:]).abs().max().item() < 0.03
+
+
+def test_farness_bin_probs_bin_centers_and_symmetry():
+    k = 8
+    u = (torch.arange(k, dtype=torch.float32) + 0.5) / k  # u_k = (k - 1/2) / K, 1-based k
+    p = losses.farness_bin_probs(u.reshape(1, 1, 1, k), k)  # (1, K, 1, K): pixel j has s = u_j
+    assert torch.equal(p[0, :, 0].argmax(dim=0), torch.arange(k))
+    # on the boundary s = j / K between bins j-1 and j both are equally likely
+    edge = losses.farness_bin_probs(torch.tensor([3.0 / k]).reshape(1, 1, 1), k)[:, 0, 0]
+    assert edge[2].item() == pytest.approx(edge[3].item(), rel=1e-5)
+    assert edge.argmax().item() in (2, 3)
+    # mirror symmetry: P(1 - s) is P(s) with the bins reversed
+    s = torch.rand(1, 1, 5, 7, generator=_gen(21))
+    assert torch.allclose(losses.farness_bin_probs(1 - s, k), losses.farness_bin_probs(s, k).flip(1), atol=1e-6)
+    # sigma = 1 / K by default: the peak bin is clearly preferred but not one-hot
+    assert 0.3 < p[0, 0, 0, 0].item() < 0.95
+
+
 def test_nearest_pixel_in_first_bin_farthest_in_last():
     r = _disparity()
     k = 8
@@ -216,6 +259,20 @@ def test_ckd_kd_positive_otherwise_and_pools_to_logit_resolution():
     out = losses.cross_interaction_kd(torch.log(pooled), centers, probs, target, mask)
     assert abs(out["kd"].item()) < 1e-6
     assert losses.cross_interaction_kd(torch.log(pooled).flip(2), centers, probs, target, mask)["kd"].item() > 1e-3
+
+
+def test_ckd_kd_matches_explicit_formula_with_temperature():
+    """Eq. (10) written out: tau^2 * mean_p sum_k P^T_k (log P^T_k - log softmax(z / tau)_k)."""
+    probs, centers, target, mask = _ckd_case()
+    logits = torch.randn(probs.shape, generator=_gen(14)) * 3
+    tau = 2.0
+    q = torch.softmax(logits / tau, dim=2)
+    explicit = tau**2 * (probs * (probs.log() - q.log())).sum(dim=2).mean()
+    got = losses.cross_interaction_kd(logits, centers, probs, target, mask, tau=tau)["kd"]
+    assert got.item() == pytest.approx(explicit.item(), rel=1e-4)
+    # logits = tau * log P^T are perfect at temperature tau
+    perfect = losses.cross_interaction_kd(tau * probs.log(), centers, probs, target, mask, tau=tau)["kd"]
+    assert abs(perfect.item()) < 1e-5
 
 
 def test_ckd_kd_mask_selects_pixels():
