@@ -1,6 +1,8 @@
-"""Pictures: colour-mapped depth, the surround montage laid out like the rig, sample figures.
+"""Pictures: colour-mapped depth, the surround montage laid out like the rig, sample figures,
+and the bird's-eye view of the six views fused in the ego frame.
 
-Used by evaluate.py (the demo's figures) and infer.py (per-image PNGs and the montage).
+Used by evaluate.py (the demo's figures), infer.py (per-image PNGs and the montage) and
+ablation.py (`bev_figure`: the lifting of Eq. (20) drawn from above, methods side by side).
 Depth is coloured as inverse depth (near = bright), over a robust range that ends at the
 95th percentile (as monodepth2 and Depth-Anything-V2 colour their outputs).
 """
@@ -8,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data import CAMERAS
+from evaluate import back_project
 from model import atomic_path
 
 # Anchor colours of a perceptually ordered dark-to-bright map (black, purple, red, orange,
@@ -18,6 +21,13 @@ ROBUST_PERCENTILE = 95  # the top of the colour range, robust to a few very near
 MONTAGE_LAYOUT = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
                   ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
 NO_DEPTH_COLOR = (40, 40, 40)  # pixels without (ground-truth) depth
+# Bird's-eye view: one colour per camera in the order of data.CAMERAS (the first six colours
+# of matplotlib's "tab10" palette), a square panel per method, a dark background.
+CAMERA_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+BEV_PANEL_SIZE = 320  # pixels per side of one panel
+BEV_BACKGROUND = (16, 16, 16)
+EGO_FOOTPRINT = (4.5, 1.8)  # (length, width) of the car drawn at the origin, meters (synthetic.CAR_LENGTH/WIDTH)
+TEXT_LINE = 11  # pixels per line of PIL's default bitmap font
 
 
 def inverse_depth_range(depths):
@@ -90,6 +100,43 @@ def sample_figure(images, pred, gt, title=""):
     for r, label in enumerate(labels):
         draw.text((4, r * step + 2), f"{title} {label}".strip(), fill=(255, 255, 255))
     return np.asarray(picture)
+
+
+def bev_figure(depths_by_name, intrinsics, cam_to_ego, extent=40.0):
+    """Bird's-eye view of the six views lifted to 3-D and fused in the ego frame, one panel per
+    method side by side: a picture of what Eq. (20) measures (do neighbours' points coincide?).
+
+    depths_by_name: {title: depth (N, H, W) meters, 0 = none}; intrinsics (N, 3, 3) at (H, W);
+    cam_to_ego (N, 4, 4). Each panel spans [-extent, extent] meters around the ego origin, ego
+    x forward up the picture and y left to the left; every pixel with depth > 0 is one dot,
+    coloured by its camera (CAMERA_COLORS, legend in the first panel); points outside the
+    panel are dropped. Returns (BEV_PANEL_SIZE, len(depths_by_name) * BEV_PANEL_SIZE, 3) uint8.
+    """
+    scale = BEV_PANEL_SIZE / (2 * extent)  # pixels per meter
+    colors = np.asarray(CAMERA_COLORS, dtype=np.uint8)
+    panels = []
+    for title, depth in depths_by_name.items():
+        depth = np.asarray(depth, dtype=np.float64)
+        points = back_project(depth, intrinsics, cam_to_ego)  # (N, H, W, 3) ego, meters
+        camera = np.broadcast_to(np.arange(len(depth))[:, None, None], depth.shape)  # (N, H, W)
+        row = np.floor((extent - points[..., 0]) * scale).astype(np.int64)  # x forward -> up
+        col = np.floor((extent - points[..., 1]) * scale).astype(np.int64)  # y left -> left
+        keep = (depth > 0) & (row >= 0) & (row < BEV_PANEL_SIZE) & (col >= 0) & (col < BEV_PANEL_SIZE)
+        panel = np.empty((BEV_PANEL_SIZE, BEV_PANEL_SIZE, 3), dtype=np.uint8)
+        panel[:] = BEV_BACKGROUND
+        panel[row[keep], col[keep]] = colors[camera[keep]]
+        picture = Image.fromarray(panel)
+        draw = ImageDraw.Draw(picture)
+        half_l, half_w = EGO_FOOTPRINT[0] / 2 * scale, EGO_FOOTPRINT[1] / 2 * scale
+        center = BEV_PANEL_SIZE / 2
+        draw.rectangle((center - half_w, center - half_l, center + half_w, center + half_l), outline=(255, 255, 255))
+        draw.text((4, 2), title, fill=(255, 255, 255))
+        if not panels:  # the legend, once
+            for n, name in enumerate(CAMERAS):
+                draw.text((4, 2 + TEXT_LINE * (n + 1)), name, fill=CAMERA_COLORS[n])
+        draw.line((BEV_PANEL_SIZE - 1, 0, BEV_PANEL_SIZE - 1, BEV_PANEL_SIZE), fill=(90, 90, 90))  # separator
+        panels.append(np.asarray(picture))
+    return np.concatenate(panels, axis=1)
 
 
 def save_png(array, path):

@@ -122,6 +122,11 @@ def test_cam_to_ego_rotations_orthonormal_right_handed():
     assert np.allclose(np.linalg.det(r), 1.0)
     assert np.allclose(pose[:, 3], [0, 0, 0, 1])
     assert np.allclose(pose[:, 2, 3], synthetic.CAM_HEIGHT)
+    # square pixels, principal point at the image center (pixel i covers [i, i + 1))
+    k, _ = synthetic.camera_rig(SIZE)
+    assert np.allclose(k[:, 0, 0], k[:, 1, 1])
+    assert np.allclose(k[:, :2, 2], [SIZE[1] / 2, SIZE[0] / 2])
+    assert np.allclose(k[:, 2], [0, 0, 1]) and np.allclose(k[:, 0, 1], 0) and np.allclose(k[:, 1, 0], 0)
     # camera y (down) is ego -z for every camera: they all look horizontally
     assert np.allclose(r[:, :, 1], [0, 0, -1])
 

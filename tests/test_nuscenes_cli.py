@@ -1,0 +1,40 @@
+"""The user's main commands on nuScenes, end to end on the tiny dataroot of nuscenes_fixture.py:
+`teacher.py --cache`, `train.py --data nuscenes` (with the cache and with a live teacher loaded
+from a local Depth Anything V2 folder) and `evaluate.py` on the checkpoint."""
+import os
+
+import pytest
+
+import evaluate
+import nuscenes_fixture as fx
+import teacher
+import train
+
+
+@pytest.fixture(scope="module")
+def dataroot(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nuscenes")
+    fx.build_dataroot(root)
+    return root
+
+
+def test_cache_train_and_evaluate_on_nuscenes(dataroot, tiny_folder, tmp_path):
+    common = ["--data", "nuscenes", "--dataroot", str(dataroot), "--version", "v1.0-mini", "--image-size", "64", "96",
+              "--no-pretrained", "--num-bins", "16", "--teacher", str(tiny_folder)]
+    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path / "cache")] + common)
+    (folder,) = [tmp_path / "cache" / d for d in os.listdir(tmp_path / "cache")]
+    assert len([f for f in os.listdir(folder) if f.endswith(".pt")]) == 2
+    run_args = ["--steps", "2", "--batch-size", "1", "--val-samples", "1", "--workers", "0"]
+    train.main(common + run_args + ["--teacher-cache", str(folder), "--out", str(tmp_path / "cached")])
+    train.main(common + run_args + ["--out", str(tmp_path / "live")])  # the teacher runs in the loop
+    results = evaluate.main(["--checkpoint", str(tmp_path / "live" / "checkpoint.pt"), "--max-samples", "2"])
+    assert results["split"] == "mini_val"
+    assert set(results["student"]["all"]) == {"sparse"}  # nuScenes has no dense ground truth
+    assert 0 < results["student"]["all"]["sparse"]["abs_rel"] < 10
+
+
+def test_pretrained_default_is_on_for_nuscenes_only():
+    assert train.get_args(["--data", "nuscenes"]).pretrained is True
+    assert train.get_args([]).pretrained is False
+    assert train.get_args(["--data", "nuscenes"]).image_size == [352, 640]
+    assert train.get_args(["--data", "nuscenes"]).teacher == "depth-anything/Depth-Anything-V2-Small-hf"
