@@ -18,6 +18,8 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import losses
@@ -76,9 +78,13 @@ def get_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of weights, batch order and synthetic worlds")
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (0: load in the main process)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+                   help="mixed precision of forward and losses (auto: bf16 on CUDA, off on CPU)")
     args = p.parse_args(argv)
     if args.image_size is None:
         args.image_size = DEFAULT_IMAGE_SIZE[args.data]
+    if args.amp == "auto":
+        args.amp = "bf16" if torch.device(args.device).type == "cuda" else "off"
     if args.steps is None:
         args.steps = DEFAULT_STEPS[args.data]
     if args.pretrained is None:
@@ -103,16 +109,19 @@ class StepSampler(torch.utils.data.Sampler):
     """Batches of dataset indices as a pure function of (seed, step): a fresh permutation per
     epoch, so resuming at step s replays exactly the batches s, s+1, ... of the first run."""
 
-    def __init__(self, num_items, batch_size, seed, start_step, total_steps):
+    def __init__(self, num_items, batch_size, seed, start_step, total_steps, rank=0, world=1):
         self.n, self.b, self.seed = num_items, batch_size, seed
         self.start, self.total = start_step, total_steps
+        self.rank, self.world = rank, world  # under torchrun each rank takes its own slice
 
     def __len__(self):
         return self.total - self.start
 
     def batch(self, step):
-        """Indices (batch_size,) of step `step`: positions step*B.. of the endless epoch stream."""
-        positions = range(step * self.b, (step + 1) * self.b)
+        """Indices (batch_size,) of step `step` on this rank: its slice of the global batch of
+        world * batch_size positions in the endless stream of epochs (as DistributedSampler shards)."""
+        first = (step * self.world + self.rank) * self.b
+        positions = range(first, first + self.b)
         return [int(self.permutation(p // self.n)[p % self.n]) for p in positions]
 
     def permutation(self, epoch):
@@ -152,11 +161,39 @@ def drop_log_after(path, step):
             f.writelines(keep)
 
 
+def setup_distributed(device):
+    """Under torchrun (WORLD_SIZE > 1) join the process group -> (rank, world size, device);
+    plain `python train.py` -> (0, 1, device) and nothing else changes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    cuda = device.type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), world, device
+
+
+def validate(model, val_set, device, rank, world):
+    """Sparse-ground-truth metrics of the validation set; under torchrun each rank scores its
+    shard and the metrics are averaged across ranks, weighted by their sample counts."""
+    shard = torch.utils.data.Subset(val_set, range(rank, len(val_set), world))
+    results = evaluate_model(model, shard, device, progress=False)
+    parts = [(results["all"]["sparse"], results["num_samples"])]
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, (results["all"]["sparse"], results["num_samples"]))
+    total = sum(n for _, n in parts)
+    return {k: sum(m[k] * n for m, n in parts) / total for k in parts[0][0]}
+
+
 def main(argv=None):
     args = get_args(argv)
+    rank, world, device = setup_distributed(torch.device(args.device))
+    main_process = rank == 0  # only rank 0 writes checkpoints, logs and progress bars
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
-    device = torch.device(args.device)
     torch.manual_seed(args.seed)
 
     # Data: a surround sample is (N=6 views); batches follow StepSampler (seed, step).
@@ -181,9 +218,14 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         torch.set_rng_state(ckpt["rng"])
-        drop_log_after(os.path.join(args.out, "metrics.jsonl"), step)
-    with open(os.path.join(args.out, "args.json"), "w") as f:
-        json.dump(vars(args), f, indent=2)
+        if main_process:
+            drop_log_after(os.path.join(args.out, "metrics.jsonl"), step)
+    if main_process:
+        with open(os.path.join(args.out, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+    net = DistributedDataParallel(model) if world > 1 else model  # gradients all-reduced across ranks
+    amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)  # fp16 needs loss scaling
 
     teacher = None
     if (args.lambda_ckd > 0 or args.lambda_vr > 0) and args.teacher_cache is None:
@@ -191,11 +233,11 @@ def main(argv=None):
     if args.teacher_cache is not None:
         train_set = CachedTargets(train_set, args.teacher_cache)
 
-    sampler = StepSampler(len(train_set), args.batch_size, args.seed, step, args.steps)
+    sampler = StepSampler(len(train_set), args.batch_size, args.seed, step, args.steps, rank, world)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
                                          pin_memory=device.type == "cuda", persistent_workers=False)
-    log = open(os.path.join(args.out, "metrics.jsonl"), "a")
-    bar = tqdm(loader, total=args.steps, initial=step, desc="train", dynamic_ncols=True)
+    log = open(os.path.join(args.out, "metrics.jsonl"), "a") if main_process else None
+    bar = tqdm(loader, total=args.steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process)
     model.train()
     for batch in bar:
         # Data and teacher targets (from the cache, or one frozen teacher pass).
@@ -209,26 +251,32 @@ def main(argv=None):
         lr = one_cycle_lr(step, args.steps, args.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        out = model(batch["images"])
-        loss, terms = total_loss(out, batch, args, farness, tokens)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            out = net(batch["images"])
+            loss, terms = total_loss(out, batch, args, farness, tokens)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         step += 1
         # Log.
-        bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
-        log.write(json.dumps({"step": step, "lr": lr, "loss": loss.item(), **terms, "time": time.time()}) + "\n")
+        if main_process:
+            bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
+            log.write(json.dumps({"step": step, "lr": lr, "loss": loss.item(), **terms, "time": time.time()}) + "\n")
         # Validate and save.
         if step % args.val_every == 0 or step == args.steps:
-            metrics = evaluate_model(model, val_set, device, progress=False)["all"]["sparse"]
-            model.train()
-            log.write(json.dumps({"step": step, "val": metrics}) + "\n")
-            log.flush()
-            bar.write(f"step {step}: val abs_rel {metrics['abs_rel']:.4f} rmse {metrics['rmse']:.3f} a1 {metrics['a1']:.3f}")
-            save_checkpoint(ckpt_path, {"config": asdict(model.cfg), "model": model.state_dict(),
-                                        "optimizer": optimizer.state_dict(), "step": step, "args": vars(args),
-                                        "rng": torch.get_rng_state()})
-    log.close()
+            metrics = validate(model, val_set, device, rank, world)
+            if main_process:
+                log.write(json.dumps({"step": step, "val": metrics}) + "\n")
+                log.flush()
+                bar.write(f"step {step}: val abs_rel {metrics['abs_rel']:.4f} rmse {metrics['rmse']:.3f} a1 {metrics['a1']:.3f}")
+                save_checkpoint(ckpt_path, {"config": asdict(model.cfg), "model": model.state_dict(),
+                                            "optimizer": optimizer.state_dict(), "step": step, "args": vars(args),
+                                            "rng": torch.get_rng_state()})
+    if main_process:
+        log.close()
+    if world > 1:
+        dist.destroy_process_group()
     return model
 
 

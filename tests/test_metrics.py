@@ -167,7 +167,7 @@ def test_evaluate_predictions_without_dense_ground_truth():
     assert res["all"]["sparse"]["abs_rel"] == pytest.approx(0.0, abs=1e-7)
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.py:94 decides which ground-truth kinds exist from "
+@pytest.mark.xfail(strict=True, reason="evaluate.py:234 (evaluate_predictions) decides which ground-truth kinds exist from "
                    "camera 0 only (any(per_cam[k][0])): when CAM_FRONT has no valid pixel in any "
                    "sample, the whole 'sparse' kind is dropped although the other cameras have it")
 def test_evaluate_predictions_front_camera_without_ground_truth():
