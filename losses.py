@@ -49,8 +49,8 @@ def silog(pred, target, mask, alpha=SILOG_ALPHA, lam=SILOG_LAMBDA):
 def _valid_points(target, mask):
     """Pack each map's valid depths to the front: (M, H, W) -> values, valid, both (M, P)."""
     m = target.shape[0]
-    values = target.reshape(m, -1)  # (M, H*W)
-    valid = mask.reshape(m, -1)
+    valid = mask.reshape(m, -1)  # (M, H*W)
+    values = target.reshape(m, -1).masked_fill(~valid, 0.0)  # masked-out values never enter a distance
     count = int(valid.sum(dim=1).max())
     order = torch.argsort(valid.to(torch.uint8), dim=1, descending=True, stable=True)[:, :count]
     return values.gather(1, order), valid.gather(1, order)  # (M, P), (M, P)
@@ -93,13 +93,14 @@ def normalised_farness(disparity, mask=None):
     Returns s with the shape of `disparity`.
     """
     shape = disparity.shape
-    r = disparity.reshape(-1, shape[-2] * shape[-1]).float()  # (M, H*W)
+    r = disparity.reshape(-1, shape[-2] * shape[-1])  # (M, H*W)
+    r = r if r.dtype == torch.float64 else r.float()
     if mask is None:
-        q = torch.quantile(r, torch.tensor([FARNESS_Q_LO, FARNESS_Q_HI], device=r.device), dim=1)
+        q = torch.quantile(r, torch.tensor([FARNESS_Q_LO, FARNESS_Q_HI], device=r.device, dtype=r.dtype), dim=1)
     else:  # percentiles over the masked pixels only: NaN outside, then nanquantile
         m = mask.reshape(r.shape)
         q = torch.nanquantile(r.masked_fill(~m, float("nan")),
-                              torch.tensor([FARNESS_Q_LO, FARNESS_Q_HI], device=r.device), dim=1)
+                              torch.tensor([FARNESS_Q_LO, FARNESS_Q_HI], device=r.device, dtype=r.dtype), dim=1)
     q_lo, q_hi = q[0, :, None], q[1, :, None]  # (M, 1) each
     r_hat = ((r - q_lo) / (q_hi - q_lo).clamp_min(torch.finfo(r.dtype).eps)).clamp(0.0, 1.0)
     return (1.0 - r_hat).reshape(shape)

@@ -152,13 +152,17 @@ class Student(nn.Module):
         """One image (H0, W0, 3) uint8 array or PIL image -> metric depth (H0, W0) float32 meters.
 
         The image is resized to the training size `cfg.image_size` (so the field of view per
-        pixel matches training), run as one view, and the depth resized back to (H0, W0).
+        pixel matches training), run as one view in eval mode (BatchNorm uses its running
+        statistics), and the depth resized back to (H0, W0).
         """
+        was_training = self.training
+        self.eval()
         x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H0, W0)
         x = x.to(self.mean.device, torch.float32)[None] / 255.0
         h0, w0 = x.shape[-2:]
         x = F.interpolate(x, size=self.cfg.image_size, mode="bilinear", align_corners=False, antialias=True)
         depth = self(x[:, None])["depth"][:, 0]  # (1, 1, H, W)
+        self.train(was_training)
         depth = F.interpolate(depth, size=(h0, w0), mode="bilinear", align_corners=False)
         return depth[0, 0].float().cpu().numpy()
 
@@ -200,6 +204,6 @@ def load_checkpoint(path, device="cpu"):
         model.load_state_dict(ckpt["model"])
     except Exception as err:  # a truncated/foreign file: one line, not a pickle traceback
         raise CheckpointError(f"{path}: not a readable student checkpoint ({err.__class__.__name__}: "
-                              f"{str(err).splitlines()[0][:120]}); re-run train.py to write it") from None
+                              f"{(str(err).splitlines() or [''])[0][:120]}); re-run train.py to write it") from None
     return model.to(device).eval(), ckpt
 

@@ -137,9 +137,6 @@ def test_infer_image_any_size(net):
     assert depth.min() >= net.cfg.min_depth and depth.max() <= net.cfg.max_depth
 
 
-@pytest.mark.xfail(strict=True, reason="model.py:150-163 infer_image runs the network in whatever "
-                   "mode it is in: on a model in train mode BatchNorm uses the statistics of this one "
-                   "image and overwrites its running statistics (under inference_mode)")
 def test_infer_image_leaves_a_training_model_unchanged():
     torch.manual_seed(2)
     m = Student(StudentConfig(**SMALL, image_size=(64, 64)))
@@ -188,9 +185,6 @@ def test_load_checkpoint_wrong_payload(tmp_path):
         model.load_checkpoint(path)
 
 
-@pytest.mark.xfail(strict=True, reason="model.py:203 formats str(err).splitlines()[0], which raises "
-                   "IndexError for an exception with an empty message (e.g. MemoryError()), so the "
-                   "error escapes as IndexError instead of CheckpointError")
 def test_load_checkpoint_error_without_message(tmp_path, monkeypatch):
     path = str(tmp_path / "huge.pt")
     with open(path, "wb") as f:
