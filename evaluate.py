@@ -231,7 +231,7 @@ def evaluate_predictions(predict, dataset, device, median_scaling=False, progres
             reference = batch["depth_dense"][0, :, 0].cpu().numpy() if "depth_dense" in batch else None
             cross_view.append(cross_view_consistency(pred, batch["intrinsics"][0].cpu().numpy(),
                                                      batch["cam_to_ego"][0].cpu().numpy(), reference=reference))
-    kinds = [k for k in per_cam if any(per_cam[k][0])]
+    kinds = [k for k in per_cam if any(r is not None for rows in per_cam[k] for r in rows)]
     cams = {cam: {k: mean_metrics(per_cam[k][n]) for k in kinds} for n, cam in enumerate(CAMERAS)}
     overall = {k: mean_metrics([cams[c][k] for c in CAMERAS]) for k in kinds}
     flat = [r for sample in log_rho for r in sample]

@@ -167,9 +167,6 @@ def test_evaluate_predictions_without_dense_ground_truth():
     assert res["all"]["sparse"]["abs_rel"] == pytest.approx(0.0, abs=1e-7)
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.py:234 (evaluate_predictions) decides which ground-truth kinds exist from "
-                   "camera 0 only (any(per_cam[k][0])): when CAM_FRONT has no valid pixel in any "
-                   "sample, the whole 'sparse' kind is dropped although the other cameras have it")
 def test_evaluate_predictions_front_camera_without_ground_truth():
     data = _fake_dataset(2, blind_front=True)
     res = evaluate.evaluate_predictions(lambda b: b["depth_dense"], data, "cpu", progress=False)
