@@ -1,0 +1,260 @@
+"""Benchmarks whose output goes into the README: the ablation and the speed comparison.
+
+    python benchmark.py ablation --steps 200 --seeds 0 1 2 --out outputs/ablation [--no-figure]
+    python benchmark.py speed [--image-size 352 640] [--runs 5] [--train-runs 5]
+
+ablation: each row trains the same student for the same steps with one setting of Eq. (17)
+(lambda_ckd, lambda_vr), evaluates it on the synthetic test split against sparse and dense
+ground truth, and the table reports mean +- std over seeds of AbsRel, RMSE, delta1, the scale
+consistency of Eq. (19) and the cross-view disagreement of Eq. (20). Finished runs are reused,
+so an interrupted ablation resumes; a finished run whose test.json predates Eq. (20) is
+re-evaluated from its checkpoint (no retraining). `--figure` (on by default) writes bev.png: the
+bird's-eye view of one test sample, the first seed's baseline beside its CKD + VRKD and the
+dense ground truth.
+
+speed: the student and the Depth Anything V2 Small and Base teachers (random weights: timing
+needs none) on one surround frame, each in a fresh process on the same device: median latency
+after warm-up, frames per second, parameters, peak memory and the ratio to the student. Then
+the cost of a training step: supervised vs CKD + VRKD from cached teacher targets vs with the
+teacher run live, interleaved on the same batch.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+import torch
+
+import evaluate
+import train
+from data import build_dataset
+from model import load_checkpoint
+from viz import bev_figure, save_png
+
+# Rows of the table: name -> (lambda_ckd, lambda_vr) of Eq. (17).
+SETTINGS = {"baseline": (0.0, 0.0), "+CKD": (1.0, 0.0), "+VRKD": (0.0, 1.0), "CKD + VRKD": (1.0, 1.0)}
+COLUMNS = (("sparse", "abs_rel"), ("sparse", "rmse"), ("sparse", "a1"),
+           ("dense", "abs_rel"), ("dense", "rmse"), ("dense", "a1"))
+FIGURE_SETTINGS = ("baseline", "CKD + VRKD")  # the rows bev.png compares, beside the ground truth
+FIGURE_SAMPLE = 0  # index of the synthetic test sample drawn in bev.png
+
+
+def run_folder(name, seed, root):
+    """The folder of one (setting, seed) run: checkpoint.pt, test.json, the training logs."""
+    return os.path.join(root, f"{name.replace(' ', '').replace('+', 'plus_')}_seed{seed}")
+
+
+def run_one(name, seed, args):
+    """Train (unless done) and evaluate (unless done, Eq. (20) included) one (setting, seed)
+    -> the results dict of evaluate."""
+    out = run_folder(name, seed, args.out)
+    result_path = os.path.join(out, "test.json")
+    if os.path.exists(result_path):
+        with open(result_path) as f:
+            results = json.load(f)
+        if "cross_view" in results:
+            return results
+    else:
+        ckd, vr = SETTINGS[name]
+        train.main(["--steps", str(args.steps), "--seed", str(seed), "--lambda-ckd", str(ckd),
+                    "--lambda-vr", str(vr), "--val-every", str(args.steps), "--out", out])
+    model, _ = load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    test = build_dataset("synthetic", "test", image_size=model.cfg.image_size)
+    results = evaluate.evaluate_model(model, test, torch.device("cpu"), progress=False)
+    with open(result_path, "w") as f:
+        json.dump(results, f)
+    return results
+
+
+@torch.inference_mode()
+def bev_comparison(names, seed, root):
+    """bev.png's picture: `viz.bev_figure` of synthetic test sample FIGURE_SAMPLE as predicted
+    by the (name, seed) runs under root, then its dense ground truth -> RGB uint8 array."""
+    depths, sample = {}, None
+    for name in names:
+        model, _ = load_checkpoint(os.path.join(run_folder(name, seed, root), "checkpoint.pt"))
+        model.eval()
+        if sample is None:
+            sample = build_dataset("synthetic", "test", image_size=model.cfg.image_size)[FIGURE_SAMPLE]
+        depths[f"{name} (seed {seed})"] = model(sample["images"][None])["depth"][0, :, 0].numpy()  # (N, H, W)
+    depths["ground truth (dense)"] = sample["depth_dense"][:, 0].numpy()
+    return bev_figure(depths, sample["intrinsics"].numpy(), sample["cam_to_ego"].numpy())
+
+
+def cell(values, digits=4):
+    """'mean +- std' of a list of numbers."""
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def ablation(argv=None):
+    """`python benchmark.py ablation`: the README's ablation table (and bev.png)."""
+    p = argparse.ArgumentParser(description="Ablation of CKD and VRKD on the synthetic benchmark.")
+    p.add_argument("--steps", type=int, default=300, help="training steps of every run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every setting")
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="rows to run")
+    p.add_argument("--out", default="outputs/ablation", help="folder of the runs, table.md and bev.png")
+    p.add_argument("--figure", action=argparse.BooleanOptionalAction, default=True,
+                   help="write bev.png: the first seed's baseline and CKD + VRKD (those of --settings) "
+                        "and the dense ground truth, seen from above")
+    args = p.parse_args(argv)
+    header = (["setting"] + [f"{k} {m}" for k, m in COLUMNS]
+              + ["mean abs log rho", "std log rho across views", "cross-view rel. disagreement (Eq. 20)"])
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    runs = {(name, s): None for s in args.seeds for name in args.settings}  # seed-major: early rows first
+    for name, s in runs:
+        runs[name, s] = run_one(name, s, args)
+    for name in args.settings:
+        runs_of = [runs[name, s] for s in args.seeds]
+        cells = [cell([r["all"][k][m] for r in runs_of], 3 if m == "rmse" else 4) for k, m in COLUMNS]
+        cells += [cell([r["scale"][k] for r in runs_of]) for k in ("mean_abs_log_rho", "std_log_rho_across_views")]
+        cells.append(cell([r["cross_view"]["mean_rel"] for r in runs_of]))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + f"\n\n{args.steps} steps, seeds {args.seeds}, synthetic test split (64 samples).\n"
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write(table)
+    print(table)
+    names = [n for n in FIGURE_SETTINGS if n in args.settings]
+    if args.figure and names:
+        save_png(bev_comparison(names, args.seeds[0], args.out), os.path.join(args.out, "bev.png"))
+
+
+# --- speed and memory (python benchmark.py speed) -------------------------------------------------
+SPEED_MODELS = ("student", "da-v2-small", "da-v2-base")
+PATCH = 14  # the DA-V2 teachers see sides that are multiples of the DINOv2 patch
+
+
+def build_for_speed(name, image_size, device):
+    """A model with random weights and its call on one surround frame (1, 6, 3, H, W)."""
+    from model import Student, StudentConfig
+    from teacher import build_random_teacher
+
+    if name == "student":
+        model = Student(StudentConfig(image_size=tuple(image_size))).to(device).eval()
+        return model, lambda x: model(x)["depth"]
+    long_side = max(image_size) // PATCH * PATCH  # 640 -> 630: the size DA-V2 is run at here
+    model = build_random_teacher(name.split("-")[-1], device, long_side=long_side)
+    return model, lambda x: model(x.flatten(0, 1))["disparity"]
+
+
+def current_rss_mb():
+    """Resident memory of this process now, MB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def speed_child(name, image_size, runs, warmup, device, queue):
+    """In a fresh process: build `name`, time `runs` forward passes after `warmup`, measure peak memory."""
+    import resource
+    import time
+
+    device = torch.device(device)
+    base_rss = current_rss_mb()
+    model, call = build_for_speed(name, image_size, device)
+    x = torch.rand(1, 6, 3, *image_size, device=device)
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            call(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:  # peak resident memory of this process above what it held before building the model
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
+    queue.put({"model": name, "median_s": float(np.median(times)), "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+               "peak_mb": peak, "runs": runs})
+
+
+def speed(argv=None):
+    """`python benchmark.py speed`: student vs DA-V2 Small/Base on one surround frame, one device."""
+    import multiprocessing as mp
+
+    p = argparse.ArgumentParser(description="Latency, FPS, parameters and peak memory, side by side.")
+    p.add_argument("--image-size", type=int, nargs=2, default=(352, 640), metavar=("H", "W"), help="input per view")
+    p.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=SPEED_MODELS, help="models to time")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per model (the median is reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--train-size", type=int, nargs=2, default=(96, 160), metavar=("H", "W"),
+                   help="input per view of the training-step timing (synthetic batch of 2)")
+    p.add_argument("--train-runs", type=int, default=5, help="timed training steps per mode (0: skip)")
+    args = p.parse_args(argv)
+    ctx = mp.get_context("spawn")  # a fresh process per model: its peak memory is its own
+    rows = []
+    for name in args.models:
+        queue = ctx.Queue()
+        child = ctx.Process(target=speed_child, args=(name, tuple(args.image_size), args.runs, args.warmup, args.device, queue))
+        child.start()
+        rows.append(queue.get())
+        child.join()
+    student = next((r["median_s"] for r in rows if r["model"] == "student"), None)
+    h, w = args.image_size
+    lines = [f"6 x {h} x {w}, batch of one surround frame, {args.device}, {torch.get_num_threads()} threads, "
+             f"median of {args.runs} runs after {args.warmup} warm-up", "",
+             "| model | median latency per frame (s) | frames/s | parameters (M) | peak memory (MB) | time / student |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['median_s'] / student:.2f}x" if student else "-"
+        lines.append(f"| {r['model']} | {r['median_s']:.3f} | {1 / r['median_s']:.2f} | {r['params_m']:.1f} | "
+                     f"{r['peak_mb']:.0f} | {ratio} |")
+    if args.train_runs > 0:
+        steps = train_step_times(tuple(args.train_size), 2, args.train_runs, torch.device(args.device))
+        lines += ["", f"Training step, synthetic {args.train_size[0]} x {args.train_size[1]}, batch 2 surround samples, "
+                  f"median of {args.train_runs} interleaved runs", "", "| step | median (s) | / supervised |", "|---|---|---|"]
+        lines += [f"| {m} | {t:.3f} | {t / steps['supervised']:.2f}x |" for m, t in steps.items()]
+    print("\n".join(lines))
+    return rows
+
+
+def train_step_times(image_size, batch_size, runs, device):
+    """Median seconds of one optimizer step, interleaved on the same batch: supervised (Eq. 17 with
+    lambda_ckd = lambda_vr = 0), CKD + VRKD with cached teacher targets, and with the emulated
+    teacher run live. Returns {mode: seconds}."""
+    import time
+
+    from model import Student, StudentConfig
+    from synthetic import SyntheticSurround
+    from teacher import build_teacher, distillation_targets
+
+    items = [SyntheticSurround("train", image_size=image_size)[i] for i in range(batch_size)]
+    batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+    kd_args = train.get_args(["--image-size", *map(str, image_size)])
+    sup_args = train.get_args(["--image-size", *map(str, image_size), "--lambda-ckd", "0", "--lambda-vr", "0"])
+    teacher = build_teacher("emulated", device=device)
+    cached = distillation_targets(teacher, batch, kd_args.vr_strip, kd_args.vr_grid)  # what the cache holds
+    model = Student(StudentConfig(image_size=tuple(image_size))).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+
+    def step(mode):
+        farness, tokens = (None, None) if mode == "supervised" else cached
+        if mode == "kd, live emulated teacher":
+            farness, tokens = distillation_targets(teacher, batch, kd_args.vr_strip, kd_args.vr_grid)
+        loss, _ = train.total_loss(model(batch["images"]), batch, sup_args if mode == "supervised" else kd_args,
+                                   farness, tokens)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    modes = ("supervised", "kd, cached targets", "kd, live emulated teacher")
+    times = {m: [] for m in modes}
+    for i in range(runs + 1):  # the first round warms up
+        for m in modes:
+            t = time.perf_counter()
+            step(m)
+            if i > 0:
+                times[m].append(time.perf_counter() - t)
+    return {m: float(np.median(v)) for m, v in times.items()}
+
+
+if __name__ == "__main__":
+    import sys
+
+    modes = {"ablation": ablation, "speed": speed}
+    if len(sys.argv) < 2 or sys.argv[1] not in modes:
+        sys.exit("usage: python benchmark.py {ablation,speed} [flags]; add -h after the mode for its flags")
+    modes[sys.argv[1]](sys.argv[2:])
