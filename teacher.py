@@ -30,12 +30,11 @@ import torch.nn.functional as F
 
 import losses
 from data import InputError
+from model import IMAGENET_MEAN, IMAGENET_STD, atomic_path  # the same statistics DA-V2 normalises with
 
 # Pre-processing of DA-V2, from the `preprocessor_config.json` of the depth-anything/*-hf
 # checkpoints (DPTImageProcessor): ImageNet mean/std, bicubic resampling (resample=3), sides
 # rounded to multiples of the patch size (ensure_multiple_of=14), size 518.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_LONG_SIDE = 518  # 37 patches of 14 px: the DA-V2 training resolution
 DINOV2_PATCH = 14  # patch size of every DINOv2 ViT-*/14 backbone, in pixels
 
@@ -368,8 +367,6 @@ def write_cache(teacher, dataset, folder, num_samples, strip, grid, device):
     """Run the teacher once over the first `num_samples` items of `dataset`; one fp16 file per
     item, written atomically. Items already in the cache are skipped, so an interrupted run resumes."""
     from tqdm import tqdm
-
-    from model import atomic_path  # one atomic-write helper for the whole project
 
     os.makedirs(folder, exist_ok=True)
     with atomic_path(os.path.join(folder, "meta.json")) as tmp, open(tmp, "w") as f:
