@@ -124,6 +124,15 @@ class InputError(RuntimeError):
     names the file and the fix, instead of a traceback."""
 
 
+def run_cli(main):
+    """Run a script's `main`; bad input ends in one line that names the file and the fix
+    (`error: ...`, exit status 1), never in a traceback."""
+    try:
+        main()
+    except InputError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
 class DatasetError(InputError):
     """A dataset that cannot be read as asked; the one-line message names the path and the fix."""
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import ADJACENT_PAIRS, CAMERAS, MAX_DEPTH, MIN_DEPTH, InputError, build_dataset
+from data import ADJACENT_PAIRS, CAMERAS, MAX_DEPTH, MIN_DEPTH, build_dataset, run_cli
 
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 DELTA = 1.25  # threshold base of the delta accuracies a1, a2, a3 (Eq. 18)
@@ -350,7 +350,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as err:  # bad paths and files: one line that names the file and the fix
-        raise SystemExit(f"error: {err}")
+    run_cli(main)

@@ -13,13 +13,12 @@ an input, and every output appears whole or not at all. Exits non-zero if nothin
 import argparse
 import os
 import re
-import sys
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from data import CAMERAS, InputError
+from data import CAMERAS, InputError, run_cli
 from model import atomic_path, load_checkpoint
 from viz import colorize, montage, save_png
 
@@ -101,7 +100,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as err:  # bad paths and files: one line that names the file and the fix
-        sys.exit(f"error: {err}")
+    run_cli(main)

@@ -18,7 +18,7 @@ rendered z-depth of that pixel, so the sparse and the dense ground truth agree e
 import numpy as np
 import torch
 
-from data import CAMERAS, MAX_DEPTH, render_sparse_depth
+from data import MAX_DEPTH, render_sparse_depth
 
 # --- the rig (ego frame: x forward, y left, z up; origin on the ground below the car center) ---
 CAM_YAW_DEG = (0.0, -55.0, -110.0, 180.0, 110.0, 55.0)  # in the order of data.CAMERAS

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import losses
-from data import InputError
+from data import InputError, run_cli
 from model import IMAGENET_MEAN, IMAGENET_STD, atomic_path  # the same statistics DA-V2 normalises with
 
 # Pre-processing of DA-V2, from the `preprocessor_config.json` of the depth-anything/*-hf
@@ -343,7 +343,7 @@ class CachedTargets(torch.utils.data.Dataset):
     def __init__(self, dataset, folder):
         meta_path = os.path.join(folder, "meta.json")
         if not os.path.isfile(meta_path):
-            raise InputError(f"{folder}: no teacher cache here; write one with `python teacher.py --cache --out {folder}`")
+            raise InputError(f"{folder}: no teacher cache here; write one with `python teacher.py --cache` and pass the folder it prints")
         with open(meta_path) as f:
             self.meta = json.load(f)
         self.dataset, self.folder = dataset, folder
@@ -406,7 +406,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as err:  # bad paths and files: one line that names the file and the fix
-        raise SystemExit(f"error: {err}")
+    run_cli(main)

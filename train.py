@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import losses
-from data import ADJACENT_PAIRS, MAX_DEPTH, MIN_DEPTH, InputError, build_dataset
+from data import ADJACENT_PAIRS, MAX_DEPTH, MIN_DEPTH, build_dataset, run_cli
 from evaluate import evaluate_model
 from model import Student, StudentConfig, load_checkpoint, save_checkpoint
 from teacher import CachedTargets, build_teacher, distillation_targets
@@ -281,7 +281,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as err:  # bad paths and files: one line that names the file and the fix
-        raise SystemExit(f"error: {err}")
+    run_cli(main)
