@@ -63,7 +63,8 @@ def get_args(argv=None):
                    help="'auto' (emulated on synthetic, Depth-Anything-V2-Small on nuScenes), 'emulated', "
                         "a Hugging Face id or a local Depth Anything V2 folder")
     p.add_argument("--teacher-cache", default=None, help="folder written by `teacher.py --cache` (default: none)")
-    p.add_argument("--lambda-ckd", type=float, default=1.0, help="weight of L_CKD (Eq. 17); 0 turns CKD off")
+    p.add_argument("--lambda-ckd", type=float, default=0.1,
+                   help="weight of L_CKD (Eq. 17); 0 turns CKD off (0.1: see the README's ablation)")
     p.add_argument("--lambda-cross", type=float, default=1.0, help="lambda_x, weight of L_cross inside L_CKD (Eq. 11)")
     p.add_argument("--tau", type=float, default=1.0, help="temperature of the bin KD (Eq. 10)")
     p.add_argument("--sigma", type=float, default=None, help="width of the teacher's soft bins (Eq. 7; default 1/K)")
