@@ -120,7 +120,7 @@ def ablation(argv=None):
 
 
 # --- speed and memory (python benchmark.py speed) -------------------------------------------------
-SPEED_MODELS = ("student", "da-v2-small", "da-v2-base")
+SPEED_MODELS = ("student", "da-v2-small", "da-v2-base", "student-train-step")
 PATCH = 14  # the DA-V2 teachers see sides that are multiples of the DINOv2 patch
 
 
@@ -132,6 +132,20 @@ def build_for_speed(name, image_size, device):
     if name == "student":
         model = Student(StudentConfig(image_size=tuple(image_size))).to(device).eval()
         return model, lambda x: model(x)["depth"]
+    if name == "student-train-step":  # one supervised optimizer step (Eqs. 15-16), batch of one frame
+        model = Student(StudentConfig(image_size=tuple(image_size))).to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters())
+        args = train.get_args(["--lambda-ckd", "0", "--lambda-vr", "0"])
+
+        def step(x):
+            with torch.inference_mode(False), torch.enable_grad():
+                target = torch.rand(x.shape[:2] + (1,) + x.shape[-2:], device=x.device) * 80  # stand-in D*
+                target = target * (torch.rand_like(target) < 0.02)  # ~2 % of the pixels, as LiDAR
+                loss, _ = train.total_loss(model(x.clone()), {"depth": target}, args)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        return model, step
     long_side = max(image_size) // PATCH * PATCH  # 640 -> 630: the size DA-V2 is run at here
     model = build_random_teacher(name.split("-")[-1], device, long_side=long_side)
     return model, lambda x: model(x.flatten(0, 1))["disparity"]
