@@ -120,7 +120,7 @@ def ablation(argv=None):
 
 
 # --- speed and memory (python benchmark.py speed) -------------------------------------------------
-SPEED_MODELS = ("student", "da-v2-small", "da-v2-base", "student-train-step")
+SPEED_MODELS = ("student", "student-channels-last", "da-v2-small", "da-v2-base", "student-train-step")
 PATCH = 14  # the DA-V2 teachers see sides that are multiples of the DINOv2 patch
 
 
@@ -129,8 +129,10 @@ def build_for_speed(name, image_size, device):
     from model import Student, StudentConfig
     from teacher import build_random_teacher
 
-    if name == "student":
+    if name in ("student", "student-channels-last"):
         model = Student(StudentConfig(image_size=tuple(image_size))).to(device).eval()
+        if name == "student-channels-last":  # NHWC activations: faster convolutions, same weights
+            model = model.to(memory_format=torch.channels_last)
         return model, lambda x: model(x)["depth"]
     if name == "student-train-step":  # one supervised optimizer step (Eqs. 15-16), batch of one frame
         model = Student(StudentConfig(image_size=tuple(image_size))).to(device).train()
