@@ -45,11 +45,9 @@ TEACHER_IDS = {
     "base": "depth-anything/Depth-Anything-V2-Base-hf",
     "large": "depth-anything/Depth-Anything-V2-Large-hf",
 }
-# A Hugging Face model id, "owner/name"; anything else that is not a folder is a wrong path.
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# Architectures of the TEACHER_IDS checkpoints, from their config.json (the same values as
-# get_dpt_config in transformers' convert_depth_anything_to_hf.py and model_configs in DA-V2's run.py).
-# out_indices are 1-based DINOv2 blocks fed to the DPT neck (stage 0 is the patch embedding).
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name"; else, not a folder = wrong path
+# Architectures of the TEACHER_IDS checkpoints, from their config.json (as DA-V2's run.py);
+# out_indices: 1-based DINOv2 blocks fed to the DPT neck (stage 0 is the patch embedding).
 TEACHER_ARCHS = {
     "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, out_indices=(3, 6, 9, 12),
                   neck_hidden_sizes=(48, 96, 192, 384), fusion_hidden_size=64),
@@ -89,11 +87,9 @@ class FrozenTeacher(nn.Module):
 def teacher_input_size(height, width, long_side=DEFAULT_LONG_SIDE, patch=DINOV2_PATCH):
     """(H, W) of the teacher input: long side `long_side`, both sides multiples of `patch`.
 
-    The aspect ratio is kept as closely as the rounding allows: each side is scaled by the same
-    factor and rounded to the nearest multiple of `patch` (at least one patch), as
-    DPTImageProcessor's `ensure_multiple_of` does. Unlike DA-V2's own pipeline, which brings the
-    SHORT side to 518 (1600 x 900 -> 924 x 518), we fix the long side (-> 518 x 294): about 3x
-    fewer tokens per view, at the price of detail; raise `long_side` to get it back.
+    Both sides are scaled by one factor and rounded to a multiple of `patch` (ensure_multiple_of).
+    DA-V2's pipeline brings the SHORT side to 518 (1600 x 900 -> 924 x 518); we fix the long side
+    (-> 518 x 294): ~3x fewer tokens per view, less detail; raise `long_side` to get it back.
     """
     scale = long_side / max(height, width)
     return tuple(max(patch, round(side * scale / patch) * patch) for side in (height, width))
@@ -148,18 +144,14 @@ class DepthAnythingTeacher(FrozenTeacher):
             # align_corners=False inverts the input resize (half-pixel centers, as data.py).
             disparity = F.interpolate(out.predicted_depth.unsqueeze(1).float(), size=(height, width),
                                       mode="bilinear", align_corners=False)  # (M, 1, H, W)
-            # Features: hidden_states[-1] is the output of the LAST DINOv2 block (hidden_states[0]
-            # is the patch embedding), before the backbone's final LayerNorm. The backbone applies
-            # that LayerNorm to every feature map it hands to the DPT neck (apply_layernorm=True in
-            # the DA-V2 configs, norm=True in DA-V2's get_intermediate_layers), so we apply it too:
-            # these are the deepest tokens the depth head sees.
+            # Features: hidden_states[-1], the LAST DINOv2 block, with the backbone's final
+            # LayerNorm that it applies to every map it hands the DPT neck (apply_layernorm=True).
             tokens = out.hidden_states[-1]  # (M, prefix + gh*gw, C)
             if getattr(self.model.config.backbone_config, "apply_layernorm", True):
                 tokens = self.model.backbone.layernorm(tokens)
             patches = tokens[:, tokens.shape[1] - gh * gw:]  # drop CLS (and registers): (M, gh*gw, C)
             features = patches.transpose(1, 2).reshape(m, -1, gh, gw).float()  # (M, C, gh, gw)
-        # Inference tensors cannot be saved for backward; clones made outside inference mode are
-        # ordinary tensors, so the losses may combine them with the student's outputs.
+        # Clones made outside inference mode are ordinary tensors the losses may use with autograd.
         return {"disparity": disparity.clone(), "features": features.clone()}
 
 
@@ -174,9 +166,8 @@ def _hub_offline():
 def load_teacher(name_or_path, device="cpu", dtype=None, long_side=DEFAULT_LONG_SIDE):
     """A frozen DA-V2 teacher from a Hugging Face id, a size name ('small', ...) or a local folder.
 
-    device: where the model lives; dtype: e.g. torch.float16 for the weights (None: as saved).
-    With HF_HUB_OFFLINE set the network is never tried (local_files_only=True). Raises
-    TeacherUnavailable, with a one-line message, when the checkpoint cannot be loaded.
+    dtype: e.g. torch.float16 for the weights (None: as saved). With HF_HUB_OFFLINE set the
+    network is never tried. Raises TeacherUnavailable (one line) when it cannot be loaded.
     """
     from transformers import AutoModelForDepthEstimation
 
