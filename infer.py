@@ -17,6 +17,7 @@ import re
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from data import CAMERAS, InputError, run_cli
 from model import atomic_path, load_checkpoint
@@ -55,8 +56,27 @@ def get_args(argv=None):
     p.add_argument("input", help="an image, a folder of images, or a .txt file listing image paths")
     p.add_argument("--checkpoint", default="outputs/demo/checkpoint.pt", help="checkpoint written by train.py")
     p.add_argument("--out", default="outputs/infer", help="folder for <name>_depth.npy / .png and the montage")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (the GPU when there is one)")
     return p.parse_args(argv)
+
+
+def write_outputs(model, pending, out_dir, tiles):
+    """Run one batch [(path, image)] and write <name>_depth.npy / .png for each -> count written."""
+    written = 0
+    for (path, _), depth in zip(pending, model.infer_images([image for _, image in pending])):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        npy, png = (os.path.join(out_dir, stem + OUTPUT_SUFFIX + e) for e in (".npy", ".png"))
+        with atomic_path(npy) as tmp:
+            np.save(tmp, depth.astype(np.float32), allow_pickle=False)
+        colored = colorize(depth)
+        save_png(colored, png)
+        if camera_of(path):
+            tiles[camera_of(path)] = colored
+        written += 1
+        tqdm.write(f"{path} -> {npy} (depth {depth.min():.1f}-{depth.max():.1f} m)")
+    return written
 
 
 def main(argv=None):
@@ -65,31 +85,23 @@ def main(argv=None):
     paths = list_inputs(args.input)
     model, _ = load_checkpoint(args.checkpoint, torch.device(args.device))
     out_dir = os.path.abspath(args.out)
-    done, tiles = 0, {}
-    for path in paths:
+    done, tiles, pending = 0, {}, []
+    for path in tqdm(paths, desc="infer", unit="file", dynamic_ncols=True):
         stem, ext = os.path.splitext(os.path.basename(path))
         if ext.lower() not in IMAGE_EXTENSIONS or stem.endswith(OUTPUT_SUFFIX):
-            print(f"skip {path}: not an input image")
+            tqdm.write(f"skip {path}: not an input image")
             continue
         try:
             with Image.open(path) as im:
-                image = np.asarray(im.convert("RGB"))
+                pending.append((path, np.asarray(im.convert("RGB"))))
         except (UnidentifiedImageError, OSError) as err:
-            print(f"skip {path}: unreadable image ({err.__class__.__name__})")
+            tqdm.write(f"skip {path}: unreadable image ({err.__class__.__name__})")
             continue
-        depth = model.infer_image(image)  # (H0, W0) meters
-        npy, png = (os.path.join(out_dir, stem + OUTPUT_SUFFIX + e) for e in (".npy", ".png"))
-        if os.path.abspath(path) in (npy, png):
-            print(f"skip {path}: it would be overwritten by its own output")
-            continue
-        with atomic_path(npy) as tmp:
-            np.save(tmp, depth.astype(np.float32), allow_pickle=False)
-        colored = colorize(depth)
-        save_png(colored, png)
-        if camera_of(path):
-            tiles[camera_of(path)] = colored
-        done += 1
-        print(f"{path} -> {npy} (depth {depth.min():.1f}-{depth.max():.1f} m)")
+        if len(pending) == args.batch_size:
+            done += write_outputs(model, pending, out_dir, tiles)
+            pending = []
+    if pending:
+        done += write_outputs(model, pending, out_dir, tiles)
     if len(tiles) == len(CAMERAS):
         path = os.path.join(out_dir, "surround" + OUTPUT_SUFFIX + ".png")  # skipped as input, like the rest
         save_png(montage([tiles[c] for c in CAMERAS]), path)

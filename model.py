@@ -147,24 +147,32 @@ class Student(nn.Module):
         return {"depth": depth.unflatten(0, (b, n)), "logits": logits, "centers": centers,
                 "features": features}
 
-    @torch.inference_mode()
     def infer_image(self, image):
-        """One image (H0, W0, 3) uint8 array or PIL image -> metric depth (H0, W0) float32 meters.
+        """One image (H0, W0, 3) uint8 array or PIL image -> metric depth (H0, W0) float32 meters."""
+        return self.infer_images([image])[0]
 
-        The image is resized to the training size `cfg.image_size` (so the field of view per
-        pixel matches training), run as one view in eval mode (BatchNorm uses its running
-        statistics), and the depth resized back to (H0, W0).
+    @torch.inference_mode()
+    def infer_images(self, images):
+        """Images, each (H0, W0, 3) uint8 array or PIL image, any sizes -> list of metric depth
+        maps (H0, W0) float32 meters, in one batch.
+
+        Each image is resized to the training size `cfg.image_size` (so the field of view per
+        pixel matches training) and run as one view, in eval mode (BatchNorm uses its running
+        statistics); each depth map is resized back to its image's (H0, W0).
         """
         was_training = self.training
         self.eval()
-        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H0, W0)
-        x = x.to(self.mean.device, torch.float32)[None] / 255.0
-        h0, w0 = x.shape[-2:]
-        x = F.interpolate(x, size=self.cfg.image_size, mode="bilinear", align_corners=False, antialias=True)
-        depth = self(x[:, None])["depth"][:, 0]  # (1, 1, H, W)
+        batch, sizes = [], []
+        for image in images:
+            x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)  # (3, H0, W0)
+            x = x.to(self.mean.device, torch.float32)[None] / 255.0
+            sizes.append(x.shape[-2:])
+            batch.append(F.interpolate(x, size=self.cfg.image_size, mode="bilinear", align_corners=False,
+                                       antialias=True))
+        depth = self(torch.cat(batch)[:, None])["depth"][:, 0]  # (M, 1, H, W)
         self.train(was_training)
-        depth = F.interpolate(depth, size=(h0, w0), mode="bilinear", align_corners=False)
-        return depth[0, 0].float().cpu().numpy()
+        return [F.interpolate(d[None], size=tuple(s), mode="bilinear", align_corners=False)[0, 0].float().cpu().numpy()
+                for d, s in zip(depth, sizes)]
 
 
 @contextlib.contextmanager

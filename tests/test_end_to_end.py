@@ -136,3 +136,18 @@ def test_cli_prints_one_line_not_a_traceback(command, tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_infer_batches_give_the_same_depth_as_single_images(run, tmp_path):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    for i, size in enumerate([(45, 80), (60, 60), (32, 96)]):  # mixed sizes in one batch
+        Image.fromarray(rng.integers(0, 255, size + (3,), dtype=np.uint8)).save(src / f"im{i}.png")
+    ckpt = str(run / "checkpoint.pt")
+    assert infer.main([str(src), "--checkpoint", ckpt, "--out", str(tmp_path / "b1"), "--batch-size", "1"]) == 3
+    assert infer.main([str(src), "--checkpoint", ckpt, "--out", str(tmp_path / "b3"), "--batch-size", "3"]) == 3
+    for i in range(3):
+        one = np.load(tmp_path / "b1" / f"im{i}{infer.OUTPUT_SUFFIX}.npy")
+        three = np.load(tmp_path / "b3" / f"im{i}{infer.OUTPUT_SUFFIX}.npy")
+        np.testing.assert_allclose(one, three, rtol=1e-4)
