@@ -2,7 +2,7 @@
 and the bird's-eye view of the six views fused in the ego frame.
 
 Used by evaluate.py (the demo's figures), infer.py (per-image PNGs and the montage) and
-ablation.py (`bev_figure`: the lifting of Eq. (20) drawn from above, methods side by side).
+benchmark.py ablation (`bev_figure`: the lifting of Eq. (20) drawn from above, methods side by side).
 Depth is coloured as inverse depth (near = bright), over a robust range that ends at the
 95th percentile (as monodepth2 and Depth-Anything-V2 colour their outputs).
 """
