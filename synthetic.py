@@ -83,7 +83,7 @@ def value_noise(x, y, scale, seed):
 def make_world(rng):
     """A random street: the road layout and lists of boxes and vertical cylinders (meters)."""
     world = {"road_y": rng.uniform(1.0, 2.5), "road_half": rng.uniform(5.0, 7.5),
-             "sun": None, "seed": int(rng.integers(1 << 30)), "boxes": [], "cylinders": []}
+             "seed": int(rng.integers(1 << 30)), "boxes": [], "cylinders": []}
     elev, azim = np.radians(rng.uniform(30, 70)), rng.uniform(0, 2 * np.pi)
     world["sun"] = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
     yc, hw = world["road_y"], world["road_half"]

@@ -126,8 +126,10 @@ class StepSampler(torch.utils.data.Sampler):
         return [int(self.permutation(p // self.n)[p % self.n]) for p in positions]
 
     def permutation(self, epoch):
-        """The order of the items in `epoch`."""
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        """The order of the items in `epoch` (the last one is kept: a batch rarely spans two)."""
+        if getattr(self, "_epoch", None) != epoch:
+            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        return self._order
 
     def __iter__(self):
         return (self.batch(s) for s in range(self.start, self.total))
