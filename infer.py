@@ -82,15 +82,19 @@ def write_outputs(model, pending, out_dir, tiles):
 def main(argv=None):
     """Run the CLI; returns the number of images processed."""
     args = get_args(argv)
-    paths = list_inputs(args.input)
+    paths = []
+    for path in list_inputs(args.input):
+        stem, ext = os.path.splitext(os.path.basename(path))
+        if ext.lower() in IMAGE_EXTENSIONS and not stem.endswith(OUTPUT_SUFFIX):
+            paths.append(path)
+        else:
+            print(f"skip {path}: not an input image")
+    if not paths:  # before loading a model or drawing a progress bar
+        raise InputError(f"{args.input}: no readable image was found; pass .jpg/.png images or a .txt list of them")
     model, _ = load_checkpoint(args.checkpoint, torch.device(args.device))
     out_dir = os.path.abspath(args.out)
     done, tiles, pending = 0, {}, []
-    for path in tqdm(paths, desc="infer", unit="file", dynamic_ncols=True):
-        stem, ext = os.path.splitext(os.path.basename(path))
-        if ext.lower() not in IMAGE_EXTENSIONS or stem.endswith(OUTPUT_SUFFIX):
-            tqdm.write(f"skip {path}: not an input image")
-            continue
+    for path in tqdm(paths, desc="infer", unit="image", dynamic_ncols=True):
         try:
             with Image.open(path) as im:
                 pending.append((path, np.asarray(im.convert("RGB"))))
