@@ -34,7 +34,9 @@ from viz import bev_figure, save_png
 # Rows of the table: the train.py flags that switch terms of Eq. (17) off; every other flag,
 # lambda_ckd and lambda_vr included, keeps train.py's default.
 SETTINGS = {"baseline": ["--lambda-ckd", "0", "--lambda-vr", "0"], "+CKD": ["--lambda-vr", "0"],
-            "+VRKD": ["--lambda-ckd", "0"], "CKD + VRKD": []}
+            "+VRKD": ["--lambda-ckd", "0"], "CKD + VRKD": [],
+            # the first student design, decoding to stride 2 (see `speed`): is the faster default as accurate?
+            "baseline, stride-2 decoder": ["--lambda-ckd", "0", "--lambda-vr", "0", "--decoder-channels", "256", "128", "64", "32"]}
 COLUMNS = (("sparse", "abs_rel"), ("sparse", "rmse"), ("sparse", "a1"),
            ("dense", "abs_rel"), ("dense", "rmse"), ("dense", "a1"))
 FIGURE_SETTINGS = ("baseline", "CKD + VRKD")  # the rows bev.png compares, beside the ground truth
@@ -43,7 +45,7 @@ FIGURE_SAMPLE = 0  # index of the synthetic test sample drawn in bev.png
 
 def run_folder(name, seed, root):
     """The folder of one (setting, seed) run: checkpoint.pt, test.json, the training logs."""
-    return os.path.join(root, f"{name.replace(' ', '').replace('+', 'plus_')}_seed{seed}")
+    return os.path.join(root, f"{name.replace(' ', '').replace('+', 'plus_').replace(',', '_')}_seed{seed}")
 
 
 def run_one(name, seed, args):
@@ -120,7 +122,15 @@ def ablation(argv=None):
 
 
 # --- speed and memory (python benchmark.py speed) -------------------------------------------------
-SPEED_MODELS = ("student", "student-channels-last", "da-v2-small", "da-v2-base", "student-train-step")
+SPEED_MODELS = ("student-stride2", "student", "student-channels-last", "student-fast", "da-v2-small", "da-v2-base",
+                "student-train-step")
+# What each student row is, so the table shows what each speed change bought:
+# - student-stride2: the first design, a fourth decoder stage (256, 128, 64, 32) down to stride 2;
+# - student: the default, three decoder stages (128, 64, 32) to stride 4, depth upsampled;
+# - student-channels-last: the same in NHWC memory format;
+# - student-fast: `Student.for_inference()`, BatchNorm folded into the convs and NHWC: what
+#   infer.py runs, and the reference of the ratio column.
+STRIDE2_DECODER = (256, 128, 64, 32)
 PATCH = 14  # the DA-V2 teachers see sides that are multiples of the DINOv2 patch
 
 
@@ -129,10 +139,13 @@ def build_for_speed(name, image_size, device):
     from model import Student, StudentConfig
     from teacher import build_random_teacher
 
-    if name in ("student", "student-channels-last"):
-        model = Student(StudentConfig(image_size=tuple(image_size))).to(device).eval()
+    if name in ("student-stride2", "student", "student-channels-last", "student-fast"):
+        decoder = STRIDE2_DECODER if name == "student-stride2" else StudentConfig.decoder_channels
+        model = Student(StudentConfig(image_size=tuple(image_size), decoder_channels=decoder)).to(device).eval()
         if name == "student-channels-last":  # NHWC activations: faster convolutions, same weights
             model = model.to(memory_format=torch.channels_last)
+        if name == "student-fast":
+            model = model.for_inference()
         return model, lambda x: model(x)["depth"]
     if name == "student-train-step":  # one supervised optimizer step (Eqs. 15-16), batch of one frame
         model = Student(StudentConfig(image_size=tuple(image_size))).to(device).train()
@@ -209,11 +222,12 @@ def speed(argv=None):
         child.start()
         rows.append(queue.get())
         child.join()
-    student = next((r["median_s"] for r in rows if r["model"] == "student"), None)
+    ref = next((r for r in rows if r["model"] == "student-fast"), None) or next((r for r in rows if r["model"] == "student"), None)
+    student = ref["median_s"] if ref else None
     h, w = args.image_size
     lines = [f"6 x {h} x {w}, batch of one surround frame, {args.device}, {torch.get_num_threads()} threads, "
              f"median of {args.runs} runs after {args.warmup} warm-up", "",
-             "| model | median latency per frame (s) | frames/s | parameters (M) | peak memory (MB) | time / student |",
+             f"| model | median latency per frame (s) | frames/s | parameters (M) | peak memory (MB) | time / {ref['model'] if ref else 'student'} |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         ratio = f"{r['median_s'] / student:.2f}x" if student else "-"

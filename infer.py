@@ -92,6 +92,7 @@ def main(argv=None):
     if not paths:  # before loading a model or drawing a progress bar
         raise InputError(f"{args.input}: no readable image was found; pass .jpg/.png images or a .txt list of them")
     model, _ = load_checkpoint(args.checkpoint, torch.device(args.device))
+    model = model.for_inference()  # BatchNorm folded, channels_last: same depth, faster
     out_dir = os.path.abspath(args.out)
     done, tiles, pending = 0, {}, []
     for path in tqdm(paths, desc="infer", unit="image", dynamic_ncols=True):

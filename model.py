@@ -10,6 +10,7 @@ Also defines `StudentConfig` (stored in every checkpoint), `infer_image` (one im
 depth out at its own resolution) and the atomic checkpoint I/O used by train/evaluate/infer.
 """
 import contextlib
+import copy
 import os
 import tempfile
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from data import InputError
 
@@ -39,7 +41,7 @@ class StudentConfig:
     num_bins: int = 64  # K, the number of adaptive depth bins (Eqs. 2-5)
     min_depth: float = 0.1  # d_min in meters (Eq. 3)
     max_depth: float = 80.0  # d_max in meters (Eq. 3)
-    decoder_channels: tuple = (256, 128, 64, 32)  # U-Net decoder at strides 16, 8, 4, 2
+    decoder_channels: tuple = (128, 64, 32)  # U-Net decoder at strides 16, 8, 4 (a 4th entry: stride 2)
     feature_level: int = 1  # which decoder stage is returned as `features` (1 = stride 8)
     bin_hidden: int = 256  # hidden width of the bin-width MLP (Eq. 2)
     shared_bins: bool = False  # Eq. (2) option: one width vector per surround sample
@@ -103,7 +105,8 @@ class Student(nn.Module):
             self.reduce.append(conv_block(c_prev, c_out))
             self.fuse.append(conv_block(c_out + c_skip, c_out))
             c_prev = c_out
-        # Eq. (4): bin logits z, a 1x1 conv of the last decoder features (stride 2).
+        # Eq. (4): bin logits z, a 1x1 conv of the last decoder features (stride 4 with the
+        # default three decoder stages; a fourth stage would decode to stride 2 at ~2x the cost).
         self.logit_head = nn.Conv2d(c_prev, cfg.num_bins, 1)
         # Eq. (2): bin widths from the globally pooled bottleneck.
         self.bin_mlp = nn.Sequential(nn.Linear(enc[-1], cfg.bin_hidden), nn.ReLU(inplace=True),
@@ -120,8 +123,9 @@ class Student(nn.Module):
 
     def forward(self, images):
         """images (B, N, 3, H, W) in [0, 1], H and W multiples of 32 -> dict of
-        depth (B, N, 1, H, W) meters, logits (B, N, K, H/2, W/2), centers (B, N, K) meters,
-        features (B, N, C, H/8, W/8) decoder features (the `feature_level` stage)."""
+        depth (B, N, 1, H, W) meters, logits (B, N, K, H/s, W/s) with s = 32 / 2**len(decoder_channels)
+        (s = 4 by default), centers (B, N, K) meters, features (B, N, C, H/8, W/8) decoder
+        features (the `feature_level` stage)."""
         b, n, _, h, w = images.shape
         if h % ENCODER_STRIDE or w % ENCODER_STRIDE:
             raise ValueError(f"image size {h}x{w} must be a multiple of {ENCODER_STRIDE}")
@@ -133,7 +137,7 @@ class Student(nn.Module):
             y = F.interpolate(reduce(y), size=skip.shape[-2:], mode="nearest")
             y = fuse(torch.cat([y, skip], dim=1))
             stages.append(y)
-        logits = self.logit_head(y).unflatten(0, (b, n))  # (B, N, K, H/2, W/2)
+        logits = self.logit_head(y).unflatten(0, (b, n))  # (B, N, K, H/s, W/s)
 
         pooled = skips[-1].mean(dim=(2, 3)).unflatten(0, (b, n))  # GAP, (B, N, 512)
         if self.cfg.shared_bins:  # one metric scale for the whole surround sample
@@ -141,11 +145,31 @@ class Student(nn.Module):
         widths = torch.softmax(self.bin_mlp(pooled), dim=-1)  # Eq. (2), (B, N, K)
         centers = bins_to_centers(widths, self.cfg.min_depth, self.cfg.max_depth)  # Eq. (3)
 
-        depth = hybrid_depth(logits, centers)  # Eqs. (4)-(5), (B, N, 1, H/2, W/2)
+        depth = hybrid_depth(logits, centers)  # Eqs. (4)-(5), (B, N, 1, H/s, W/s)
         depth = F.interpolate(depth.flatten(0, 1), size=(h, w), mode="bilinear", align_corners=False)
         features = stages[self.cfg.feature_level].unflatten(0, (b, n))  # (B, N, C, h', w')
         return {"depth": depth.unflatten(0, (b, n)), "logits": logits, "centers": centers,
                 "features": features}
+
+    def for_inference(self):
+        """A copy of the model for fast inference, in eval mode, with the same outputs (up to
+        float rounding):
+        - every BatchNorm is folded into the convolution just before it (torch's own
+          `fuse_conv_bn_eval`: w' = w * gamma / sqrt(var + eps), b' = beta + (b - mean) * ...),
+          so inference runs one op where training ran two;
+        - weights and activations are channels_last (NHWC), which oneDNN/cuDNN convolve faster.
+        Folding is valid here because, in every module of this network (the ResNet stem and
+        blocks, `conv_block`), a BatchNorm registered right after a Conv2d is applied to exactly
+        that conv's output. `benchmark.py speed` measures what this buys."""
+        fast = copy.deepcopy(self).eval()
+        for module in list(fast.modules()):
+            names = list(module._modules)
+            for conv_name, bn_name in zip(names, names[1:]):
+                conv, bn = module._modules[conv_name], module._modules[bn_name]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    module._modules[conv_name] = fuse_conv_bn_eval(conv, bn)
+                    module._modules[bn_name] = nn.Identity()
+        return fast.to(memory_format=torch.channels_last)
 
     def infer_image(self, image):
         """One image (H0, W0, 3) uint8 array or PIL image -> metric depth (H0, W0) float32 meters."""

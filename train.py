@@ -55,6 +55,8 @@ def get_args(argv=None):
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="input size, multiples of 32 (default: 96 160 synthetic, 352 640 nuScenes)")
     p.add_argument("--encoder", default="resnet18", choices=["resnet18", "resnet34"], help="student encoder")
+    p.add_argument("--decoder-channels", type=int, nargs="+", default=list(StudentConfig.decoder_channels),
+                   help="U-Net decoder widths from stride 16 down; 3 stages decode to stride 4 (default), 4 to stride 2")
     p.add_argument("--shared-bins", action="store_true", help="one set of bin widths per surround sample (Eq. 2)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="ImageNet encoder weights via torchvision (default: on for nuScenes, off for synthetic)")
@@ -71,6 +73,8 @@ def get_args(argv=None):
     p.add_argument("--lambda-vr", type=float, default=1.0, help="weight of L_VRKD (Eq. 17); 0 turns VRKD off")
     p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
     p.add_argument("--vr-grid", type=int, nargs=2, default=(4, 2), metavar=("GH", "GW"), help="token grid per strip (Eq. 12)")
+    p.add_argument("--feature-level", type=int, default=1, choices=[0, 1, 2],
+                   help="decoder stage whose features VRKD distills (Eq. 12): 0/1/2 = stride 16/8/4")
     p.add_argument("--vr-tau", type=float, default=0.1, help="temperature tau_v of the relation softmax (Eq. 13)")
     p.add_argument("--val-every", type=int, default=100, help="validate and save every this many steps")
     p.add_argument("--val-samples", type=int, default=16, help="validation surround samples")
@@ -209,12 +213,8 @@ def main(argv=None):
     val_set = torch.utils.data.Subset(val_set, range(min(args.val_samples, len(val_set))))
 
     # Model and optimizer; --resume restores both, and the step.
-    cfg = StudentConfig(encoder=args.encoder, num_bins=args.num_bins, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH,
-                        shared_bins=args.shared_bins, image_size=tuple(args.image_size))
-    model = Student(cfg, pretrained=args.pretrained and not args.resume).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     step = 0
-    if args.resume:
+    if args.resume:  # the checkpoint's own StudentConfig rebuilds the model
         model, ckpt = load_checkpoint(ckpt_path, device)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -223,6 +223,13 @@ def main(argv=None):
         torch.set_rng_state(ckpt["rng"])
         if main_process:
             drop_log_after(os.path.join(args.out, "metrics.jsonl"), step)
+    else:
+        cfg = StudentConfig(encoder=args.encoder, num_bins=args.num_bins, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH,
+                            decoder_channels=tuple(args.decoder_channels), shared_bins=args.shared_bins,
+                            feature_level=args.feature_level,
+                            image_size=tuple(args.image_size))
+        model = Student(cfg, pretrained=args.pretrained).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     if main_process:
         with open(os.path.join(args.out, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=2)

@@ -1,6 +1,9 @@
 """Tests of model.py: the student of Eqs. (1)-(5), its inference helper and checkpoint I/O.
 
-- forward shapes for N = 6 and N = 1 views; the resnet34 option builds;
+- forward shapes for N = 6 and N = 1 views; logits at stride 4 with the default three decoder
+  stages, stride 2 with four; the resnet34 option builds;
+- for_inference (BatchNorm folded, channels_last) gives the same outputs as the eval model
+  and has no BatchNorm left;
 - bin centers (Eq. 3) strictly increasing inside [d_min, d_max]; uniform widths -> uniform centers;
 - hybrid regression (Eq. 5) is the explicit per-pixel sum_k softmax(z)_k c_k, and the model's
   depth is that map upsampled;
@@ -53,6 +56,36 @@ def test_forward_shapes(net, b, n):
     assert out["centers"].shape == (b, n, k)
     assert out["features"].shape == (b, n, c, h // 8, w // 8)
     assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_default_decoder_predicts_logits_at_stride_4():
+    cfg = StudentConfig(num_bins=8, bin_hidden=16)
+    assert len(cfg.decoder_channels) == 3
+    with torch.no_grad():
+        out = Student(cfg).eval()(torch.rand(1, 2, 3, 32, 64, generator=_gen(0)))
+    assert out["logits"].shape == (1, 2, 8, 8, 16)
+    assert out["depth"].shape == (1, 2, 1, 32, 64)
+    assert out["features"].shape[-2:] == (4, 8)  # feature_level 1: stride 8 either way
+
+
+def test_for_inference_same_outputs_without_batchnorm():
+    torch.manual_seed(3)
+    slow = Student(StudentConfig(num_bins=8, bin_hidden=16))
+    for m in slow.modules():  # BatchNorm statistics far from the identity, so folding matters
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1, generator=_gen(1))
+            m.running_var.uniform_(0.5, 2.0, generator=_gen(2))
+            m.weight.data.uniform_(0.5, 1.5, generator=_gen(3))
+            m.bias.data.uniform_(-0.5, 0.5, generator=_gen(4))
+    slow.eval()
+    fast = slow.for_inference()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in slow.modules())  # the original is untouched
+    x = torch.rand(1, 6, 3, 64, 96, generator=_gen(5))
+    with torch.no_grad():
+        a, b = slow(x), fast(x)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-4 * a[key].abs().max().item())
 
 
 def test_resnet34_builds_and_runs():
