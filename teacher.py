@@ -13,7 +13,6 @@ Defines
 - `EmulatedTeacher`: the default teacher of the synthetic world, where no foundation weights
   exist offline. It makes what a relative-depth model gives from the dense synthetic depth.
 - `build_teacher`: the name given to `--teacher` -> one of the above.
-
 Every teacher is called as `teacher(images, depth_dense=None)` with images (M, 3, H, W) float in
 [0, 1] and returns {'disparity': (M, 1, H, W) float32 relative inverse depth, 'features':
 (M, C, h, w) float32}. Its `name` identifies its outputs (the key of the teacher cache).
@@ -40,11 +39,7 @@ DINOV2_PATCH = 14  # patch size of every DINOv2 ViT-*/14 backbone, in pixels
 
 # Hugging Face ids of the relative-depth DA-V2 checkpoints. Licences (DA-V2 README, LICENSE):
 # Small is Apache-2.0; Base and Large are CC-BY-NC-4.0 (non-commercial).
-TEACHER_IDS = {
-    "small": "depth-anything/Depth-Anything-V2-Small-hf",
-    "base": "depth-anything/Depth-Anything-V2-Base-hf",
-    "large": "depth-anything/Depth-Anything-V2-Large-hf",
-}
+TEACHER_IDS = {size: f"depth-anything/Depth-Anything-V2-{size.title()}-hf" for size in ("small", "base", "large")}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name"; else, not a folder = wrong path
 # Architectures of the TEACHER_IDS checkpoints, from their config.json (as DA-V2's run.py);
 # out_indices: 1-based DINOv2 blocks fed to the DPT neck (stage 0 is the patch embedding).
@@ -298,10 +293,15 @@ class EmulatedTeacher(FrozenTeacher):
 
 
 def build_teacher(name, device="cpu", long_side=DEFAULT_LONG_SIDE):
-    """The teacher named by `--teacher`: 'emulated', 'random-small' (or -base, -large) for timing,
-    a size ('small', 'base', 'large'), a Hugging Face id, or a local DA-V2 folder."""
-    if name == "emulated":
-        return EmulatedTeacher().to(device)
+    """The teacher named by `--teacher`: 'emulated' (or 'emulated:S', strength S), 'random-small'
+    (or -base, -large) for timing, a size ('small', 'base', 'large'), a Hugging Face id, or a
+    local DA-V2 folder."""
+    if name == "emulated" or name.startswith("emulated:"):
+        strength = name.partition(":")[2] or "1"
+        if not re.fullmatch(r"\d+(\.\d*)?", strength) or float(strength) * EMULATED_DISTORTION >= 1:
+            raise InputError(f"--teacher {name}: the emulated teacher's strength S in 'emulated:S' must be "
+                             f"a number in [0, {1 / EMULATED_DISTORTION:g})")
+        return EmulatedTeacher(float(strength)).to(device)
     if name.startswith("random-") and name[len("random-"):] in TEACHER_ARCHS:
         return build_random_teacher(name[len("random-"):], device, long_side)
     return load_teacher(name, device, long_side=long_side)

@@ -62,7 +62,7 @@ def get_args(argv=None):
                    help="ImageNet encoder weights via torchvision (default: on for nuScenes, off for synthetic)")
     p.add_argument("--beta-bins", type=float, default=0.1, help="beta, weight of the bin chamfer loss (Eq. 17)")
     p.add_argument("--teacher", default="auto",
-                   help="'auto' (emulated on synthetic, Depth-Anything-V2-Small on nuScenes), 'emulated', "
+                   help="'auto' (emulated on synthetic, Depth-Anything-V2-Small on nuScenes), 'emulated' (strength 1; 'emulated:S' for S), "
                         "a Hugging Face id or a local Depth Anything V2 folder")
     p.add_argument("--teacher-cache", default=None, help="folder written by `teacher.py --cache` (default: none)")
     p.add_argument("--lambda-ckd", type=float, default=0.1,

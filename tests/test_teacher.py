@@ -184,3 +184,12 @@ def test_emulated_teacher_shapes_and_features():
     assert teacher.name == "emulated-s1-blur1.5-k16-g6x10"
     with pytest.raises(ValueError):
         teacher(torch.rand(1, 3, 24, 40))  # it needs the dense depth
+
+
+def test_emulated_strength_from_the_teacher_name():
+    assert T.build_teacher("emulated").strength == 1.0
+    assert T.build_teacher("emulated:0.5").strength == 0.5
+    assert T.build_teacher("emulated:0").name != T.build_teacher("emulated").name  # separate caches
+    for bad in ("emulated:strong", "emulated:-1", "emulated:10"):
+        with pytest.raises(T.InputError, match="emulated:S"):
+            T.build_teacher(bad)
