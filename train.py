@@ -57,10 +57,13 @@ def get_args(argv=None):
     p.add_argument("--encoder", default="resnet18", choices=["resnet18", "resnet34"], help="student encoder")
     p.add_argument("--decoder-channels", type=int, nargs="+", default=list(StudentConfig.decoder_channels),
                    help="U-Net decoder widths from stride 16 down; 3 stages decode to stride 4 (default), 4 to stride 2")
+    p.add_argument("--logit-scale", type=float, default=StudentConfig.logit_scale,
+                   help="z = scale * conv1x1(F) (Eq. 4): lets the bin head reach sharp P^S within a short schedule")
     p.add_argument("--shared-bins", action="store_true", help="one set of bin widths per surround sample (Eq. 2)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="ImageNet encoder weights via torchvision (default: on for nuScenes, off for synthetic)")
-    p.add_argument("--beta-bins", type=float, default=0.1, help="beta, weight of the bin chamfer loss (Eq. 17)")
+    p.add_argument("--beta-bins", type=float, default=0.0,
+                   help="beta, weight of the bin chamfer loss (Eq. 17); AdaBins uses 0.1, which hurt here: see the README")
     p.add_argument("--teacher", default="auto",
                    help="'auto' (emulated on synthetic, Depth-Anything-V2-Small on nuScenes), 'emulated' (strength 1; 'emulated:S' for S), "
                         "a Hugging Face id or a local Depth Anything V2 folder")
@@ -226,7 +229,7 @@ def main(argv=None):
     else:
         cfg = StudentConfig(encoder=args.encoder, num_bins=args.num_bins, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH,
                             decoder_channels=tuple(args.decoder_channels), shared_bins=args.shared_bins,
-                            feature_level=args.feature_level,
+                            feature_level=args.feature_level, logit_scale=args.logit_scale,
                             image_size=tuple(args.image_size))
         model = Student(cfg, pretrained=args.pretrained).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)

@@ -68,6 +68,20 @@ def test_default_decoder_predicts_logits_at_stride_4():
     assert out["features"].shape[-2:] == (4, 8)  # feature_level 1: stride 8 either way
 
 
+def test_logit_scale_multiplies_the_logits_and_nothing_else():
+    torch.manual_seed(4)
+    one = Student(StudentConfig(num_bins=8, bin_hidden=16, logit_scale=1.0)).eval()
+    eight = Student(StudentConfig(num_bins=8, bin_hidden=16, logit_scale=8.0)).eval()
+    eight.load_state_dict(one.state_dict())  # same weights, only the scale differs
+    x = torch.rand(1, 2, 3, 32, 64, generator=_gen(6))
+    with torch.no_grad():
+        a, b = one(x), eight(x)
+    torch.testing.assert_close(b["logits"], 8.0 * a["logits"])
+    torch.testing.assert_close(b["centers"], a["centers"])
+    torch.testing.assert_close(b["features"], a["features"])
+    assert not torch.allclose(b["depth"], a["depth"])  # sharper P^S, another expectation (Eq. 5)
+
+
 def test_for_inference_same_outputs_without_batchnorm():
     torch.manual_seed(3)
     slow = Student(StudentConfig(num_bins=8, bin_hidden=16))
