@@ -78,6 +78,8 @@ def get_args(argv=None):
     p.add_argument("--vr-grid", type=int, nargs=2, default=(4, 2), metavar=("GH", "GW"), help="token grid per strip (Eq. 12)")
     p.add_argument("--feature-level", type=int, default=1, choices=[0, 1, 2],
                    help="decoder stage whose features VRKD distills (Eq. 12): 0/1/2 = stride 16/8/4")
+    p.add_argument("--vr-student", default="features", choices=["features", "probs"],
+                   help="student tokens of VRKD (Eq. 12): decoder features, or its bin probabilities P^S (Eq. 4)")
     p.add_argument("--vr-tau", type=float, default=0.1, help="temperature tau_v of the relation softmax (Eq. 13)")
     p.add_argument("--val-every", type=int, default=100, help="validate and save every this many steps")
     p.add_argument("--val-samples", type=int, default=16, help="validation surround samples")
@@ -156,7 +158,8 @@ def total_loss(out, batch, args, farness=None, teacher_tokens=None):
         terms.update(ckd)
         loss = loss + args.lambda_ckd * (ckd["kd"] + args.lambda_cross * ckd["cross"])  # Eq. (11)
     if args.lambda_vr > 0:
-        student_tokens = losses.border_tokens(out["features"], args.vr_strip, tuple(args.vr_grid))
+        feats = out["features"] if args.vr_student == "features" else torch.softmax(out["logits"], dim=2)
+        student_tokens = losses.border_tokens(feats, args.vr_strip, tuple(args.vr_grid))
         terms["vr"] = losses.relational_kd(student_tokens, teacher_tokens, ADJACENT_PAIRS, args.vr_tau)  # Eq. (14)
         loss = loss + args.lambda_vr * terms["vr"]
     return loss, {k: v.item() for k, v in terms.items()}

@@ -66,3 +66,23 @@ def test_baseline_uses_no_teacher_terms(tmp_path, monkeypatch):
                        "--lambda-ckd", "0", "--lambda-vr", "0", "--out", str(tmp_path)])
     line = (tmp_path / "metrics.jsonl").read_text().splitlines()[0]
     assert '"kd"' not in line and '"vr"' not in line and '"si"' in line
+
+
+@pytest.mark.parametrize("source", ["features", "probs"])
+def test_vrkd_gradient_reaches_the_chosen_student_tokens(source):
+    """--vr-student features: L_VRKD reaches the decoder but not the logit head (its features feed
+    the head, not the other way); probs: the tokens are softmax(z), so it reaches the logit head."""
+    args = train.get_args(SIZE + ["--lambda-ckd", "0", "--vr-student", source])
+    torch.manual_seed(0)
+    model = Student(StudentConfig(num_bins=16, image_size=(64, 96)))
+    batch = {k: v[None] for k, v in SyntheticSurround("train", image_size=(64, 96))[0].items()}
+    _, tokens = teacher.distillation_targets(teacher.build_teacher("emulated"), batch, args.vr_strip, args.vr_grid)
+    out = model(batch["images"])
+    args.beta_bins = 0.0
+    out_loss, terms = train.total_loss(out, {"depth": batch["depth"] * 0}, args, None, tokens)  # no LiDAR: only L_VRKD acts
+    assert terms["vr"] > 0
+    out_loss.backward()
+    head = model.logit_head.weight.grad
+    reached = head is not None and head.abs().sum() > 0
+    assert reached == (source == "probs")
+    assert model.reduce[0][0].weight.grad.abs().sum() > 0  # the decoder, in both cases
