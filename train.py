@@ -76,8 +76,8 @@ def get_args(argv=None):
     p.add_argument("--lambda-vr", type=float, default=1.0, help="weight of L_VRKD (Eq. 17); 0 turns VRKD off")
     p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
     p.add_argument("--vr-grid", type=int, nargs=2, default=(4, 2), metavar=("GH", "GW"), help="token grid per strip (Eq. 12)")
-    p.add_argument("--feature-level", type=int, default=1, choices=[0, 1, 2],
-                   help="decoder stage whose features VRKD distills (Eq. 12): 0/1/2 = stride 16/8/4")
+    p.add_argument("--feature-level", type=int, default=1, choices=[0, 1, 2, 3],
+                   help="decoder stage whose features VRKD distills (Eq. 12): 0/1/2/3 = stride 16/8/4/2")
     p.add_argument("--vr-student", default="features", choices=["features", "probs"],
                    help="student tokens of VRKD (Eq. 12): decoder features, or its bin probabilities P^S (Eq. 4)")
     p.add_argument("--vr-tau", type=float, default=0.1, help="temperature tau_v of the relation softmax (Eq. 13)")
@@ -102,6 +102,9 @@ def get_args(argv=None):
     if args.teacher == "auto":
         args.teacher = "emulated" if args.data == "synthetic" else "depth-anything/Depth-Anything-V2-Small-hf"
     args.image_size, args.vr_grid = list(args.image_size), list(args.vr_grid)
+    if not 1 <= len(args.decoder_channels) <= 4 or args.feature_level >= len(args.decoder_channels):
+        p.error(f"--decoder-channels takes 1 to 4 widths (the encoder has 4 skips), and --feature-level must "
+                f"name one of its stages: got {len(args.decoder_channels)} widths and level {args.feature_level}")
     return args
 
 

@@ -151,3 +151,12 @@ def test_infer_batches_give_the_same_depth_as_single_images(run, tmp_path):
         one = np.load(tmp_path / "b1" / f"im{i}{infer.OUTPUT_SUFFIX}.npy")
         three = np.load(tmp_path / "b3" / f"im{i}{infer.OUTPUT_SUFFIX}.npy")
         np.testing.assert_allclose(one, three, rtol=1e-4)
+
+
+@pytest.mark.parametrize("flags", [["--decoder-channels", "64", "32", "16", "8", "4"],
+                                   ["--feature-level", "3"]])  # 5 stages; level 3 of the 3 default stages
+def test_decoder_flags_are_checked_before_training(flags, capsys):
+    with pytest.raises(SystemExit):
+        train.get_args(flags)
+    assert "--decoder-channels takes 1 to 4 widths" in capsys.readouterr().err
+    assert train.get_args(["--decoder-channels", "64", "32", "16", "8", "--feature-level", "3"]).feature_level == 3
