@@ -131,8 +131,8 @@ class Student(nn.Module):
     def forward(self, images):
         """images (B, N, 3, H, W) in [0, 1], H and W multiples of 32 -> dict of
         depth (B, N, 1, H, W) meters, logits (B, N, K, H/s, W/s) with s = 32 / 2**len(decoder_channels)
-        (s = 4 by default), centers (B, N, K) meters, features (B, N, C, H/8, W/8) decoder
-        features (the `feature_level` stage)."""
+        (s = 4 by default), centers (B, N, K) meters, features (B, N, C, H/f, W/f) with
+        f = 16 / 2**feature_level (8 by default): the decoder stage VRKD distills (Eq. 12)."""
         b, n, _, h, w = images.shape
         if h % ENCODER_STRIDE or w % ENCODER_STRIDE:
             raise ValueError(f"image size {h}x{w} must be a multiple of {ENCODER_STRIDE}")
