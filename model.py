@@ -4,10 +4,12 @@ Implements Eqs. (1)-(5) of the README's method section:
 - (1) F_n = Dec(Enc(I_n)): ResNet-18/34 encoder, U-Net decoder, per-pixel features;
 - (2) bin widths w = softmax(MLP(GAP(bottleneck))), per view or shared by the surround sample;
 - (3) metric bin edges and centers in [d_min, d_max];
-- (4) per-pixel bin probabilities P^S = softmax(z), z = 1x1 conv of F;
-- (5) hybrid regression D_hat = sum_k P^S_k c_k.
-Also defines `StudentConfig` (stored in every checkpoint), `infer_image` (one image in, metric
-depth out at its own resolution) and the atomic checkpoint I/O used by train/evaluate/infer.
+- (4) per-pixel bin probabilities P^S = softmax(z), z = 1x1 conv of F (written as
+  logit_scale x conv, see `Student`), at stride 4 with the default decoder;
+- (5) hybrid regression D_hat = sum_k P^S_k c_k, upsampled to the input size.
+Also defines `StudentConfig` (stored in every checkpoint), `Student.for_inference` (BatchNorm
+folded, channels_last), `infer_image` (one image in, metric depth out at its own resolution)
+and the atomic checkpoint I/O used by train/evaluate/infer.
 """
 import contextlib
 import copy
