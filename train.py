@@ -152,11 +152,13 @@ def total_loss(out, batch, args, farness=None, teacher_tokens=None):
     Returns (scalar loss, dict of every term as a float for logging)."""
     target = batch["depth"]  # (B, N, 1, H, W) sparse D*
     mask = (target > MIN_DEPTH) & (target < MAX_DEPTH)  # M
-    terms = {"si": losses.silog(out["depth"], target, mask),  # Eq. (15)
-             "bins": losses.bin_chamfer(out["centers"], target, mask)}  # Eq. (16)
-    loss = terms["si"] + args.beta_bins * terms["bins"]
+    terms = {"si": losses.silog(out["depth"], target, mask)}  # Eq. (15)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and args.beta_bins > 0):  # beta = 0: logged only, no graph
+        terms["bins"] = losses.bin_chamfer(out["centers"], target, mask)  # Eq. (16)
+    loss = terms["si"] + args.beta_bins * terms["bins"] if args.beta_bins > 0 else terms["si"]
     if args.lambda_ckd > 0:
-        probs = losses.farness_bin_probs(farness, args.num_bins, args.sigma)  # Eq. (7), (B, N, K, H, W)
+        k = out["logits"].shape[2]  # the model's K (on --resume, the checkpoint's, whatever --num-bins says)
+        probs = losses.farness_bin_probs(farness, k, args.sigma)  # Eq. (7), (B, N, K, H, W)
         ckd = losses.cross_interaction_kd(out["logits"], out["centers"], probs, target, mask, tau=args.tau)
         terms.update(ckd)
         loss = loss + args.lambda_ckd * (ckd["kd"] + args.lambda_cross * ckd["cross"])  # Eq. (11)
