@@ -28,7 +28,7 @@ import torch
 import evaluate
 import train
 from data import build_dataset
-from model import load_checkpoint
+from model import atomic_path, load_checkpoint
 from viz import bev_figure, save_png
 
 # Rows of the table: the train.py flags that switch terms of Eq. (17) off; every other flag,
@@ -64,7 +64,7 @@ def run_one(name, seed, args):
     model, _ = load_checkpoint(os.path.join(out, "checkpoint.pt"))
     test = build_dataset("synthetic", "test", image_size=model.cfg.image_size)
     results = evaluate.evaluate_model(model, test, torch.device("cpu"), progress=False)
-    with open(result_path, "w") as f:
+    with atomic_path(result_path) as tmp, open(tmp, "w") as f:  # test.json marks a finished run
         json.dump(results, f)
     return results
 

@@ -23,7 +23,6 @@ the same images untouched, for the frozen teacher.
 The synthetic world lives in `synthetic.py`.
 """
 import os
-import tempfile
 
 import numpy as np
 import torch
@@ -343,10 +342,11 @@ class NuScenesSurround(torch.utils.data.Dataset):
         if os.path.isfile(path):
             with np.load(path) as cached:
                 return _decode_points(cached)
+        from model import atomic_path  # the project's one atomic writer (model imports data)
+
         arrays = _encode_points(_project_sweeps(record, self.dataroot))
-        with tempfile.NamedTemporaryFile(dir=self.cache_dir, suffix=".tmp", delete=False) as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(f.name, path)
+        with atomic_path(path) as tmp:  # tmp ends in .npz, so savez_compressed keeps the name
+            np.savez_compressed(tmp, **arrays)
         return _decode_points(arrays)  # what the next load reads: first and later loads agree
 
     def _load_image(self, path, native_size):
