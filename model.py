@@ -55,6 +55,10 @@ class StudentConfig:
             raise ValueError(f"encoder must be one of {sorted(ENCODER_CHANNELS)}, got {self.encoder!r}")
         self.decoder_channels = tuple(self.decoder_channels)
         self.image_size = tuple(self.image_size)
+        if not 1 <= len(self.decoder_channels) <= 4 or not 0 <= self.feature_level < len(self.decoder_channels):
+            raise ValueError(f"--decoder-channels takes 1 to 4 widths (the encoder has 4 skips), and --feature-level "
+                             f"must name one of its stages: got {len(self.decoder_channels)} widths and level "
+                             f"{self.feature_level}")
 
 
 def conv_block(c_in, c_out):

@@ -102,9 +102,10 @@ def get_args(argv=None):
     if args.teacher == "auto":
         args.teacher = "emulated" if args.data == "synthetic" else "depth-anything/Depth-Anything-V2-Small-hf"
     args.image_size, args.vr_grid = list(args.image_size), list(args.vr_grid)
-    if not 1 <= len(args.decoder_channels) <= 4 or args.feature_level >= len(args.decoder_channels):
-        p.error(f"--decoder-channels takes 1 to 4 widths (the encoder has 4 skips), and --feature-level must "
-                f"name one of its stages: got {len(args.decoder_channels)} widths and level {args.feature_level}")
+    try:  # StudentConfig checks the decoder flags; report its message as a usage error
+        StudentConfig(decoder_channels=args.decoder_channels, feature_level=args.feature_level)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
