@@ -322,7 +322,7 @@ def main(argv=None):
     version = args.version or trained.get("version", "v1.0-trainval")
     split = args.split or ("test" if data == "synthetic" else ("mini_val" if version == "v1.0-mini" else "val"))
     options = dict(image_size=model.cfg.image_size, dataroot=args.dataroot or trained.get("dataroot"),
-                   version=version, seed=trained.get("seed", 0))
+                   version=version)  # seed 0: the same val/test worlds whatever seed trained the model
     dataset = build_dataset(data, split, **options)
     if args.max_samples is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(args.max_samples, len(dataset))))

@@ -221,7 +221,7 @@ def main(argv=None):
                               seed=args.seed, **({"lidar_sweeps": args.lidar_sweeps, "augment": True}
                                                  if args.data == "nuscenes" else {}))
     val_set = build_dataset(args.data, "val" if args.version != "v1.0-mini" else "mini_val",
-                            image_size=args.image_size, dataroot=args.dataroot, version=args.version, seed=args.seed)
+                            image_size=args.image_size, dataroot=args.dataroot, version=args.version)  # fixed worlds: seed 0
     val_set = torch.utils.data.Subset(val_set, range(min(args.val_samples, len(val_set))))
 
     # Model and optimizer; --resume restores both, and the step.
