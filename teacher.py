@@ -297,11 +297,11 @@ def build_teacher(name, device="cpu", long_side=DEFAULT_LONG_SIDE):
     (or -base, -large) for timing, a size ('small', 'base', 'large'), a Hugging Face id, or a
     local DA-V2 folder."""
     if name == "emulated" or name.startswith("emulated:"):
-        strength = name.partition(":")[2] or "1"
-        if not re.fullmatch(r"\d+(\.\d*)?", strength) or float(strength) * EMULATED_DISTORTION >= 1:
+        try:  # EmulatedTeacher checks the range itself
+            return EmulatedTeacher(float(name.partition(":")[2] or 1.0)).to(device)
+        except ValueError:
             raise InputError(f"--teacher {name}: the emulated teacher's strength S in 'emulated:S' must be "
-                             f"a number in [0, {1 / EMULATED_DISTORTION:g})")
-        return EmulatedTeacher(float(strength)).to(device)
+                             f"a number in [0, {1 / EMULATED_DISTORTION:g})") from None
     if name.startswith("random-") and name[len("random-"):] in TEACHER_ARCHS:
         return build_random_teacher(name[len("random-"):], device, long_side)
     return load_teacher(name, device, long_side=long_side)
