@@ -4,7 +4,7 @@
     python benchmark.py speed [--image-size 352 640] [--runs 5] [--train-runs 5]
 
 ablation: each row trains the same student for the same steps with one setting of Eq. (17)
-(lambda_ckd, lambda_vr), evaluates it on the synthetic test split against sparse and dense
+(lambda_ckd, lambda_vr; the last row instead changes the decoder), evaluates it on the synthetic test split against sparse and dense
 ground truth, and the table reports mean +- std over seeds of AbsRel, RMSE, delta1, the scale
 consistency of Eq. (19) and the cross-view disagreement of Eq. (20). Finished runs are reused,
 so an interrupted ablation resumes; a finished run whose test.json predates Eq. (20) is
@@ -31,8 +31,8 @@ from data import build_dataset
 from model import atomic_path, load_checkpoint
 from viz import bev_figure, save_png
 
-# Rows of the table: the train.py flags that switch terms of Eq. (17) off; every other flag,
-# lambda_ckd and lambda_vr included, keeps train.py's default.
+# Rows of the table: the train.py flags that switch terms of Eq. (17) off (or, in the last row,
+# change the decoder); every other flag, lambda_ckd and lambda_vr included, keeps its default.
 SETTINGS = {"baseline": ["--lambda-ckd", "0", "--lambda-vr", "0"], "+CKD": ["--lambda-vr", "0"],
             "+VRKD": ["--lambda-ckd", "0"], "CKD + VRKD": [],
             # the first student design, decoding to stride 2 (see `speed`): is the faster default as accurate?

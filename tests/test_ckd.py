@@ -78,7 +78,7 @@ def test_vrkd_gradient_reaches_the_chosen_student_tokens(source):
     batch = {k: v[None] for k, v in SyntheticSurround("train", image_size=(64, 96))[0].items()}
     _, tokens = teacher.distillation_targets(teacher.build_teacher("emulated"), batch, args.vr_strip, args.vr_grid)
     out = model(batch["images"])
-    args.beta_bins = 0.0
+    args.beta_bins = 0.0  # whatever the default: no chamfer term either
     out_loss, terms = train.total_loss(out, {"depth": batch["depth"] * 0}, args, None, tokens)  # no LiDAR: only L_VRKD acts
     assert terms["vr"] > 0
     out_loss.backward()

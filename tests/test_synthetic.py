@@ -235,7 +235,7 @@ def test_sparse_depth_equals_dense_and_coverage():
     per_view = hit.flatten(1).float().mean(1)
     print(f"sparse LiDAR coverage at {synthetic.DEFAULT_IMAGE_SIZE}: {100 * coverage:.2f} % "
           f"(per view {[round(100 * c, 2) for c in per_view.tolist()]})")
-    assert 0.005 <= coverage <= 0.40
+    assert 0.01 <= coverage <= 0.08  # the 16-beam scanner: 1-5 % of the demo pixels (README: 3.2-4.1 %)
     assert torch.all(per_view > 0)  # every camera gets some ground truth
     assert sparse.min() >= 0 and sparse[hit].min() > MIN_DEPTH and sparse.max() <= MAX_DEPTH
 
