@@ -131,13 +131,12 @@ SPEED_MODELS = ("student-stride2", "student", "student-channels-last", "student-
 # - student-fast: `Student.for_inference()`, BatchNorm folded into the convs and NHWC: what
 #   infer.py runs, and the reference of the ratio column.
 STRIDE2_DECODER = (256, 128, 64, 32)
-PATCH = 14  # the DA-V2 teachers see sides that are multiples of the DINOv2 patch
 
 
 def build_for_speed(name, image_size, device):
     """A model with random weights and its call on one surround frame (1, 6, 3, H, W)."""
     from model import Student, StudentConfig
-    from teacher import build_random_teacher
+    from teacher import DINOV2_PATCH, build_random_teacher
 
     if name in ("student-stride2", "student", "student-channels-last", "student-fast"):
         decoder = STRIDE2_DECODER if name == "student-stride2" else StudentConfig.decoder_channels
@@ -161,7 +160,7 @@ def build_for_speed(name, image_size, device):
                 loss.backward()
                 optimizer.step()
         return model, step
-    long_side = max(image_size) // PATCH * PATCH  # 640 -> 630: the size DA-V2 is run at here
+    long_side = max(image_size) // DINOV2_PATCH * DINOV2_PATCH  # 640 -> 630: the size DA-V2 is run at here
     model = build_random_teacher(name.split("-")[-1], device, long_side=long_side)
     return model, lambda x: model(x.flatten(0, 1))["disparity"]
 

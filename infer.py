@@ -72,8 +72,9 @@ def write_outputs(model, pending, out_dir, tiles):
             np.save(tmp, depth.astype(np.float32), allow_pickle=False)
         colored = colorize(depth)
         save_png(colored, png)
-        if camera_of(path):
-            tiles[camera_of(path)] = colored
+        camera = camera_of(path)
+        if camera:
+            tiles[camera] = colored
         written += 1
         tqdm.write(f"{path} -> {npy} (depth {depth.min():.1f}-{depth.max():.1f} m)")
     return written

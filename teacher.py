@@ -320,6 +320,10 @@ def distillation_targets(teacher, batch, strip, grid):
     return farness, losses.border_tokens(out["features"].unflatten(0, (b, n)), strip, tuple(grid))
 
 
+def cache_file(folder, index):
+    return os.path.join(folder, f"{index:07d}.pt")  # the cache file of item `index`
+
+
 def cache_folder(root, teacher_name, image_size, strip, grid):
     """The cache of one teacher at one image size and token layout: its key is in the name."""
     h, w = image_size
@@ -338,18 +342,14 @@ class CachedTargets(torch.utils.data.Dataset):
         with open(meta_path) as f:
             self.meta = json.load(f)
         self.dataset, self.folder = dataset, folder
-        self.length = sum(os.path.isfile(self.path(i)) for i in range(self.meta["num_samples"]))
-
-    def path(self, index):
-        """The cache file of item `index`."""
-        return os.path.join(self.folder, f"{index:07d}.pt")
+        self.length = sum(os.path.isfile(cache_file(folder, i)) for i in range(self.meta["num_samples"]))
 
     def __len__(self):
         return self.length
 
     def __getitem__(self, index):
         item = dict(self.dataset[index])
-        cached = torch.load(self.path(index), weights_only=True)
+        cached = torch.load(cache_file(self.folder, index), weights_only=True)
         item.update({f"teacher_{k}": v.float() for k, v in cached.items()})
         return item
 
@@ -363,7 +363,7 @@ def write_cache(teacher, dataset, folder, num_samples, strip, grid, device):
     with atomic_path(os.path.join(folder, "meta.json")) as tmp, open(tmp, "w") as f:
         json.dump({"teacher": teacher.name, "num_samples": num_samples, "strip": strip, "grid": list(grid)}, f)
     for i in tqdm(range(num_samples), desc=f"cache {teacher.name}", dynamic_ncols=True):
-        path = os.path.join(folder, f"{i:07d}.pt")
+        path = cache_file(folder, i)
         if os.path.isfile(path):
             continue
         batch = {k: v[None].to(device) for k, v in dataset[i].items()}

@@ -23,13 +23,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import losses
-from data import ADJACENT_PAIRS, MAX_DEPTH, MIN_DEPTH, build_dataset, run_cli
+from data import ADJACENT_PAIRS, MAX_DEPTH, MIN_DEPTH, NUSCENES_IMAGE_SIZE, build_dataset, run_cli
 from evaluate import evaluate_model
 from model import Student, StudentConfig, load_checkpoint, save_checkpoint
+from synthetic import DEFAULT_IMAGE_SIZE as SYNTHETIC_IMAGE_SIZE
 from teacher import CachedTargets, build_teacher, distillation_targets
 
 # Default input size per dataset, (H, W): the synthetic demo size and SurroundDepth's nuScenes size.
-DEFAULT_IMAGE_SIZE = {"synthetic": (96, 160), "nuscenes": (352, 640)}
+DEFAULT_IMAGE_SIZE = {"synthetic": SYNTHETIC_IMAGE_SIZE, "nuscenes": NUSCENES_IMAGE_SIZE}
 # Default training length per dataset: the synthetic demo takes ~5 minutes on 2 CPU cores.
 DEFAULT_STEPS = {"synthetic": 300, "nuscenes": 30000}
 # One-cycle schedule (Smith 2018, as AdaBins trains): warm up for this fraction of the steps

@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 from data import CAMERAS
 from evaluate import back_project
 from model import atomic_path
+from synthetic import CAR_LENGTH, CAR_WIDTH
 
 # Anchor colours of a perceptually ordered dark-to-bright map (black, purple, red, orange,
 # pale yellow); `colorize` interpolates linearly between them.
@@ -26,7 +27,7 @@ NO_DEPTH_COLOR = (40, 40, 40)  # pixels without (ground-truth) depth
 CAMERA_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
 BEV_PANEL_SIZE = 320  # pixels per side of one panel
 BEV_BACKGROUND = (16, 16, 16)
-EGO_FOOTPRINT = (4.5, 1.8)  # (length, width) of the car drawn at the origin, meters (synthetic.CAR_LENGTH/WIDTH)
+EGO_FOOTPRINT = (CAR_LENGTH, CAR_WIDTH)  # (length, width) of the car drawn at the origin, meters
 TEXT_LINE = 11  # pixels per line of PIL's default bitmap font
 
 
