@@ -78,6 +78,14 @@ def scale_intrinsics(intrinsics, sx, sy):
     return k
 
 
+def split_name(data, version, role):
+    """The split playing `role` ('train', 'val' or 'test') for a dataset and nuScenes version:
+    the role itself on synthetic data; NUSCENES_SPLITS[version] on nuScenes (no test: val)."""
+    if data != "nuscenes":
+        return role
+    return NUSCENES_SPLITS.get(version, NUSCENES_SPLITS["v1.0-trainval"])[0 if role == "train" else 1]
+
+
 def build_dataset(name, split, image_size=None, dataroot=None, version=None, seed=0, **kwargs):
     """The surround dataset `name` ('synthetic' or 'nuscenes') for `split`.
 

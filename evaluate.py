@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import ADJACENT_PAIRS, CAMERAS, MAX_DEPTH, MIN_DEPTH, build_dataset, run_cli
+from data import ADJACENT_PAIRS, CAMERAS, MAX_DEPTH, MIN_DEPTH, build_dataset, run_cli, split_name
 
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 DELTA = 1.25  # threshold base of the delta accuracies a1, a2, a3 (Eq. 18)
@@ -320,7 +320,7 @@ def main(argv=None):
     trained = ckpt.get("args", {})
     data = args.data or trained.get("data", "synthetic")
     version = args.version or trained.get("version", "v1.0-trainval")
-    split = args.split or ("test" if data == "synthetic" else ("mini_val" if version == "v1.0-mini" else "val"))
+    split = args.split or split_name(data, version, "test")
     options = dict(image_size=model.cfg.image_size, dataroot=args.dataroot or trained.get("dataroot"),
                    version=version)  # seed 0: the same val/test worlds whatever seed trained the model
     dataset = build_dataset(data, split, **options)
@@ -337,7 +337,7 @@ def main(argv=None):
                "student": evaluate_model(model, dataset, device, args.median_scaling, on_sample=draw)}
     table = format_table(results["student"], f"student on {data} {split}")
     if args.baseline:
-        train_split = "train" if data == "synthetic" else ("mini_train" if version == "v1.0-mini" else "train")
+        train_split = split_name(data, version, "train")
         medians = per_camera_median(build_dataset(data, train_split, **options), num_samples=64)
         const = torch.tensor(medians, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
         results["constant_baseline"] = evaluate_predictions(lambda b: const.expand_as(b["depth"]), dataset, device,

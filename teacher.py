@@ -375,7 +375,7 @@ def write_cache(teacher, dataset, folder, num_samples, strip, grid, device):
 
 def main(argv=None):
     """`python teacher.py --cache ...`: the teacher cache of a split, keyed by teacher and size."""
-    from data import build_dataset
+    from data import build_dataset, split_name
     from train import get_args
 
     parser = argparse.ArgumentParser(add_help=False)
@@ -387,7 +387,7 @@ def main(argv=None):
         parser.error("nothing to do: pass --cache (plus train.py's data and teacher flags)")
     args = get_args(rest)  # the same --data, --teacher, --image-size, --vr-* as train.py
     device = torch.device(args.device)
-    split = "mini_train" if args.version == "v1.0-mini" else "train"
+    split = split_name(args.data, args.version, "train")
     dataset = build_dataset(args.data, split, image_size=args.image_size, dataroot=args.dataroot,
                             version=args.version, seed=args.seed)
     teacher = build_teacher(args.teacher, device=device)

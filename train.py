@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import losses
-from data import ADJACENT_PAIRS, MAX_DEPTH, MIN_DEPTH, NUSCENES_IMAGE_SIZE, build_dataset, run_cli
+from data import ADJACENT_PAIRS, MAX_DEPTH, MIN_DEPTH, NUSCENES_IMAGE_SIZE, build_dataset, run_cli, split_name
 from evaluate import evaluate_model
 from model import Student, StudentConfig, load_checkpoint, save_checkpoint
 from synthetic import DEFAULT_IMAGE_SIZE as SYNTHETIC_IMAGE_SIZE
@@ -217,11 +217,11 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     # Data: a surround sample is (N=6 views); batches follow StepSampler (seed, step).
-    train_set = build_dataset(args.data, "train" if args.version != "v1.0-mini" else "mini_train",
+    train_set = build_dataset(args.data, split_name(args.data, args.version, "train"),
                               image_size=args.image_size, dataroot=args.dataroot, version=args.version,
                               seed=args.seed, **({"lidar_sweeps": args.lidar_sweeps, "augment": True}
                                                  if args.data == "nuscenes" else {}))
-    val_set = build_dataset(args.data, "val" if args.version != "v1.0-mini" else "mini_val",
+    val_set = build_dataset(args.data, split_name(args.data, args.version, "val"),
                             image_size=args.image_size, dataroot=args.dataroot, version=args.version)  # fixed worlds: seed 0
     val_set = torch.utils.data.Subset(val_set, range(min(args.val_samples, len(val_set))))
 
