@@ -82,11 +82,10 @@ def bin_chamfer(centers, target, mask):
     return (c_to_p + p_to_c).mean()
 
 
-def normalised_farness(disparity, mask=None):
+def normalised_farness(disparity):
     """Affine-invariant normalised farness s, Eq. (6), from a teacher's relative disparity.
 
     disparity: (..., 1, H, W) relative inverse depth r ~ a / D + b, any a > 0 and b.
-    mask: optional bool, same shape: pixels that define the percentiles (default: all).
     r_hat = clip((r - q_lo) / (q_hi - q_lo), 0, 1) with the 2nd / 98th percentiles of each map;
     s = 1 - r_hat in [0, 1]: 0 nearest, 1 farthest (sky). Replacing r by a*r + b (a > 0) moves
     q_lo and q_hi the same way, so s does not change: the teacher's unknown scale is gone.
@@ -95,12 +94,7 @@ def normalised_farness(disparity, mask=None):
     shape = disparity.shape
     r = disparity.reshape(-1, shape[-2] * shape[-1])  # (M, H*W)
     r = r if r.dtype == torch.float64 else r.float()
-    if mask is None:
-        q = torch.quantile(r, torch.tensor([FARNESS_Q_LO, FARNESS_Q_HI], device=r.device, dtype=r.dtype), dim=1)
-    else:  # percentiles over the masked pixels only: NaN outside, then nanquantile
-        m = mask.reshape(r.shape)
-        q = torch.nanquantile(r.masked_fill(~m, float("nan")),
-                              torch.tensor([FARNESS_Q_LO, FARNESS_Q_HI], device=r.device, dtype=r.dtype), dim=1)
+    q = torch.quantile(r, torch.tensor([FARNESS_Q_LO, FARNESS_Q_HI], device=r.device, dtype=r.dtype), dim=1)
     q_lo, q_hi = q[0, :, None], q[1, :, None]  # (M, 1) each
     r_hat = ((r - q_lo) / (q_hi - q_lo).clamp_min(torch.finfo(r.dtype).eps)).clamp(0.0, 1.0)
     return (1.0 - r_hat).reshape(shape)
