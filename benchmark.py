@@ -4,7 +4,7 @@
     python benchmark.py speed [--image-size 352 640] [--runs 5] [--train-runs 5]
 
 ablation: each row trains the same student for the same steps with one setting of Eq. (17)
-(lambda_ckd, lambda_vr; the last row instead changes the decoder), evaluates it on the synthetic test split against sparse and dense
+(lambda_ckd, lambda_vr; the last two rows instead change the decoder), evaluates it on the synthetic test split against sparse and dense
 ground truth, and the table reports mean +- std over seeds of AbsRel, RMSE, delta1, the scale
 consistency of Eq. (19) and the cross-view disagreement of Eq. (20). Finished runs are reused,
 so an interrupted ablation resumes; a finished run whose test.json predates Eq. (20) is
@@ -31,12 +31,15 @@ from data import build_dataset
 from model import atomic_path, load_checkpoint
 from viz import bev_figure, save_png
 
-# Rows of the table: the train.py flags that switch terms of Eq. (17) off (or, in the last row,
-# change the decoder); every other flag, lambda_ckd and lambda_vr included, keeps its default.
+# Rows of the table: the train.py flags that switch terms of Eq. (17) off (or, in the last two
+# rows, change the decoder); every other flag, lambda_ckd and lambda_vr included, keeps its default.
 SETTINGS = {"baseline": ["--lambda-ckd", "0", "--lambda-vr", "0"], "+CKD": ["--lambda-vr", "0"],
             "+VRKD": ["--lambda-ckd", "0"], "CKD + VRKD": [],
+            # the default decoder (stride 4) with its depth upsampled bilinearly: what convex upsampling buys
+            "baseline, bilinear upsampling": ["--lambda-ckd", "0", "--lambda-vr", "0", "--upsample", "bilinear"],
             # the first student design, decoding to stride 2 (see `speed`): is the faster default as accurate?
-            "baseline, stride-2 decoder": ["--lambda-ckd", "0", "--lambda-vr", "0", "--decoder-channels", "256", "128", "64", "32"]}
+            "baseline, stride-2 decoder": ["--lambda-ckd", "0", "--lambda-vr", "0", "--upsample", "bilinear",
+                                           "--decoder-channels", "256", "128", "64", "32"]}
 COLUMNS = (("sparse", "abs_rel"), ("sparse", "rmse"), ("sparse", "a1"),
            ("dense", "abs_rel"), ("dense", "rmse"), ("dense", "a1"))
 FIGURE_SETTINGS = ("baseline", "CKD + VRKD")  # the rows bev.png compares, beside the ground truth
@@ -122,11 +125,13 @@ def ablation(argv=None):
 
 
 # --- speed and memory (python benchmark.py speed) -------------------------------------------------
-SPEED_MODELS = ("student-stride2", "student", "student-channels-last", "student-fast", "da-v2-small", "da-v2-base",
-                "student-train-step")
+SPEED_MODELS = ("student-stride2", "student-bilinear", "student", "student-channels-last", "student-fast",
+                "da-v2-small", "da-v2-base", "student-train-step")
 # What each student row is, so the table shows what each speed change bought:
-# - student-stride2: the first design, a fourth decoder stage (256, 128, 64, 32) down to stride 2;
-# - student: the default, three decoder stages (128, 64, 32) to stride 4, depth upsampled;
+# - student-stride2: the first design, a fourth decoder stage (256, 128, 64, 32) down to stride 2,
+#   depth upsampled bilinearly;
+# - student-bilinear: three decoder stages (128, 64, 32) to stride 4, depth upsampled bilinearly;
+# - student: the default, the same with learned convex upsampling (`model.convex_upsample`);
 # - student-channels-last: the same in NHWC memory format;
 # - student-fast: `Student.for_inference()`, BatchNorm folded into the convs and NHWC: what
 #   infer.py runs, and the reference of the ratio column.
@@ -138,9 +143,11 @@ def build_for_speed(name, image_size, device):
     from model import Student, StudentConfig
     from teacher import DINOV2_PATCH, build_random_teacher
 
-    if name in ("student-stride2", "student", "student-channels-last", "student-fast"):
+    if name in ("student-stride2", "student-bilinear", "student", "student-channels-last", "student-fast"):
         decoder = STRIDE2_DECODER if name == "student-stride2" else StudentConfig.decoder_channels
-        model = Student(StudentConfig(image_size=tuple(image_size), decoder_channels=decoder)).to(device).eval()
+        upsample = "bilinear" if name in ("student-stride2", "student-bilinear") else StudentConfig.upsample
+        model = Student(StudentConfig(image_size=tuple(image_size), decoder_channels=decoder,
+                                      upsample=upsample)).to(device).eval()
         if name == "student-channels-last":  # NHWC activations: faster convolutions, same weights
             model = model.to(memory_format=torch.channels_last)
         if name == "student-fast":

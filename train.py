@@ -60,6 +60,8 @@ def get_args(argv=None):
                    help="U-Net decoder widths from stride 16 down; 3 stages decode to stride 4 (default), 4 to stride 2")
     p.add_argument("--logit-scale", type=float, default=StudentConfig.logit_scale,
                    help="z = scale * conv1x1(F) (Eq. 4): lets the bin head reach sharp P^S within a short schedule")
+    p.add_argument("--upsample", default=StudentConfig.upsample, choices=["convex", "bilinear"],
+                   help="depth from the decoder's stride to the input size: learned convex weights (default) or bilinear")
     p.add_argument("--shared-bins", action="store_true", help="one set of bin widths per surround sample (Eq. 2)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="ImageNet encoder weights via torchvision (default: on for nuScenes, off for synthetic)")
@@ -240,7 +242,7 @@ def main(argv=None):
         cfg = StudentConfig(encoder=args.encoder, num_bins=args.num_bins, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH,
                             decoder_channels=tuple(args.decoder_channels), shared_bins=args.shared_bins,
                             feature_level=args.feature_level, logit_scale=args.logit_scale,
-                            image_size=tuple(args.image_size))
+                            upsample=args.upsample, image_size=tuple(args.image_size))
         model = Student(cfg, pretrained=args.pretrained).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     if main_process:

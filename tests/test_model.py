@@ -150,13 +150,84 @@ def test_hybrid_depth_is_explicit_sum():
                     assert got[b, n, 0, y, x].item() == pytest.approx(explicit.item(), rel=1e-12)
 
 
-def test_model_depth_is_upsampled_hybrid_regression(net):
+@pytest.mark.parametrize("upsample", ["bilinear", "convex"])
+def test_model_depth_is_upsampled_hybrid_regression(upsample):
+    torch.manual_seed(5)
+    net = Student(StudentConfig(**SMALL, upsample=upsample)).eval()
     with torch.no_grad():
-        out = net(torch.rand(1, 2, 3, 64, 64, generator=_gen(4)))
-    probs = torch.softmax(out["logits"], dim=2)
-    explicit = (probs * out["centers"][..., None, None]).sum(dim=2, keepdim=True)  # (B, N, 1, h, w)
-    up = F.interpolate(explicit.flatten(0, 1), size=(64, 64), mode="bilinear", align_corners=False)
+        x = torch.rand(1, 2, 3, 64, 64, generator=_gen(4))
+        out = net(x)
+        probs = torch.softmax(out["logits"], dim=2)
+        explicit = (probs * out["centers"][..., None, None]).sum(dim=2, keepdim=True).flatten(0, 1)  # (B*N, 1, h, w)
+        if upsample == "bilinear":
+            up = F.interpolate(explicit, size=(64, 64), mode="bilinear", align_corners=False)
+        else:  # recompute the last decoder features to get the mask the model used
+            feats = []
+            handle = net.logit_head.register_forward_hook(lambda m, i, o: feats.append(i[0]))
+            net(x)
+            handle.remove()
+            up = model.convex_upsample(explicit, net.upsample_head(feats[0]))
     assert torch.allclose(out["depth"], up.unflatten(0, (1, 2)), rtol=1e-5, atol=1e-5)
+
+
+def _random_mask(m, s, h, w, seed):
+    return 3.0 * torch.randn(m, 6 * s, h, w, generator=_gen(seed))
+
+
+def test_convex_upsample_with_a_center_mask_is_nearest():
+    depth = 80.0 * torch.rand(2, 1, 5, 7, generator=_gen(0))
+    mask = torch.zeros(2, 6 * 4, 5, 7)
+    mask[:, 4:8] = mask[:, 16:20] = 100.0  # the middle row and column of the 3x3: the pixel itself
+    up = model.convex_upsample(depth, mask)
+    assert up.shape == (2, 1, 20, 28)
+    torch.testing.assert_close(up, F.interpolate(depth, scale_factor=4, mode="nearest"))
+
+
+def test_convex_upsample_is_a_convex_combination_of_the_3x3_neighbours():
+    depth = 1.0 + 79.0 * torch.rand(1, 1, 6, 8, generator=_gen(1))
+    up = model.convex_upsample(depth, _random_mask(1, 2, 6, 8, seed=2))
+    padded = F.pad(depth, (1, 1, 1, 1), mode="replicate")
+    lo = -F.max_pool2d(-padded, 3, stride=1)  # (1, 1, 6, 8): min over each 3x3 neighbourhood
+    hi = F.max_pool2d(padded, 3, stride=1)
+    near = lambda t: F.interpolate(t, scale_factor=2, mode="nearest")  # noqa: E731
+    assert (up >= near(lo) - 1e-4).all() and (up <= near(hi) + 1e-4).all()
+    assert not torch.allclose(up, near(depth))  # it does mix neighbours
+    const = torch.full((1, 1, 6, 8), 7.5)  # the border is replicated, so no zeros leak in
+    torch.testing.assert_close(model.convex_upsample(const, _random_mask(1, 2, 6, 8, seed=3)),
+                               torch.full((1, 1, 12, 16), 7.5))
+
+
+def test_convex_upsample_commutes_with_hybrid_regression():
+    """Upsampling D = sum_k P_k c_k equals Eq. (5) with every P_k upsampled by the same weights."""
+    logits = torch.randn(1, 8, 4, 6, generator=_gen(4))
+    centers = torch.sort(80.0 * torch.rand(8, generator=_gen(5))).values
+    mask = _random_mask(1, 4, 4, 6, seed=6)
+    depth_up = model.convex_upsample(model.hybrid_depth(logits, centers), mask)
+    probs = torch.softmax(logits, dim=1)
+    probs_up = torch.cat([model.convex_upsample(probs[:, k:k + 1], mask) for k in range(8)], dim=1)
+    torch.testing.assert_close(probs_up.sum(dim=1), torch.ones(1, 16, 24))  # still distributions
+    torch.testing.assert_close(depth_up, (probs_up * centers[:, None, None]).sum(dim=1, keepdim=True))
+
+
+def test_convex_head_gets_gradient_and_bilinear_has_none():
+    torch.manual_seed(6)
+    x = torch.rand(1, 2, 3, 32, 64, generator=_gen(7))
+    convex = Student(StudentConfig(num_bins=8, bin_hidden=16))
+    convex(x)["depth"].mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in convex.upsample_head.parameters())
+    bilinear = Student(StudentConfig(num_bins=8, bin_hidden=16, upsample="bilinear"))
+    assert bilinear.upsample_head is None
+    assert len(list(bilinear.parameters())) == len(list(convex.parameters())) - 4
+
+
+def test_old_checkpoint_without_upsample_loads_as_bilinear(tmp_path):
+    cfg = StudentConfig(**SMALL, upsample="bilinear")
+    config = dataclasses.asdict(cfg)
+    del config["upsample"]  # written before the option existed
+    path = str(tmp_path / "old.pt")
+    model.save_checkpoint(path, {"config": config, "model": Student(cfg).state_dict()})
+    loaded, _ = model.load_checkpoint(path)
+    assert loaded.cfg.upsample == "bilinear" and loaded.upsample_head is None
 
 
 def test_shared_bins_same_for_all_views_of_a_sample(shared_net):
