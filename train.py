@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict
 
@@ -210,12 +211,35 @@ def validate(model, val_set, device, rank, world):
     return {k: sum(m[k] * n for m, n in parts) / total for k in parts[0][0]}
 
 
+# Flags a resumed run may change; every other flag (data, image size, losses, seed, ...) is
+# restored from the checkpoint, so a resumed run continues the same training.
+RESUME_MAY_CHANGE = ("steps", "out", "resume", "device", "workers", "val_every", "val_samples", "amp",
+                     "teacher_cache")
+
+
+def restore_args(args, saved):
+    """On --resume: set every flag outside RESUME_MAY_CHANGE to its value in `saved` (the
+    checkpoint's args) -> names of the flags whose command-line value was overridden."""
+    changed = []
+    for key, value in saved.items():
+        if key not in RESUME_MAY_CHANGE and hasattr(args, key) and getattr(args, key) != value:
+            changed.append(key)
+            setattr(args, key, value)
+    return changed
+
+
 def main(argv=None):
     args = get_args(argv)
     rank, world, device = setup_distributed(torch.device(args.device))
     main_process = rank == 0  # only rank 0 writes checkpoints, logs and progress bars
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
+    if args.resume:  # the checkpoint's own StudentConfig rebuilds the model, its args the run
+        model, ckpt = load_checkpoint(ckpt_path, device)
+        changed = restore_args(args, ckpt.get("args", {}))
+        if changed and main_process:
+            print(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} taken from {ckpt_path}, "
+                  "not from the command line", file=sys.stderr)
     torch.manual_seed(args.seed)
 
     # Data: a surround sample is (N=6 views); batches follow StepSampler (seed, step).
@@ -226,11 +250,12 @@ def main(argv=None):
     val_set = build_dataset(args.data, split_name(args.data, args.version, "val"),
                             image_size=args.image_size, dataroot=args.dataroot, version=args.version)  # fixed worlds: seed 0
     val_set = torch.utils.data.Subset(val_set, range(min(args.val_samples, len(val_set))))
+    if args.data == "synthetic":  # render the worlds once, not at every validation
+        val_set = [val_set[i] for i in range(len(val_set))]
 
     # Model and optimizer; --resume restores both, and the step.
     step = 0
-    if args.resume:  # the checkpoint's own StudentConfig rebuilds the model
-        model, ckpt = load_checkpoint(ckpt_path, device)
+    if args.resume:
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -70,6 +70,21 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     assert losses_of(straight) == pytest.approx(losses_of(resumed), rel=1e-6)
 
 
+def test_resume_takes_the_run_flags_from_the_checkpoint(tmp_path, capsys):
+    """Resuming without the original --image-size/--num-bins (or with others) continues the
+    checkpoint's run; only flags such as --steps come from the command line."""
+    out = str(tmp_path / "run")
+    train.main(TINY + ["--steps", "1", "--seed", "3", "--out", out])
+    capsys.readouterr()
+    model = train.main(["--steps", "2", "--out", out, "--resume", "--workers", "0", "--val-samples", "1",
+                        "--image-size", "96", "160", "--seed", "5"])
+    assert "--image-size" in capsys.readouterr().err
+    saved = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    assert saved["step"] == 2 and model.cfg.image_size == (64, 96)
+    assert saved["args"]["image_size"] == [64, 96] and saved["args"]["num_bins"] == 16
+    assert saved["args"]["seed"] == 3 and saved["args"]["batch_size"] == 1 and saved["args"]["steps"] == 2
+
+
 def test_evaluate_cli_writes_table_json_and_figures(run, tmp_path):
     out = tmp_path / "eval"
     results = evaluate.main(["--checkpoint", str(run / "checkpoint.pt"), "--max-samples", "2", "--baseline",
