@@ -51,6 +51,18 @@ def run_folder(name, seed, root):
     return os.path.join(root, f"{name.replace(' ', '').replace('+', 'plus_').replace(',', '_')}_seed{seed}")
 
 
+_TEST_SETS = {}  # image size -> the rendered synthetic test split, shared by every run
+
+
+def synthetic_test_split(image_size):
+    """The synthetic test split at `image_size`, rendered once per process (64 samples)."""
+    key = tuple(image_size)
+    if key not in _TEST_SETS:
+        test = build_dataset("synthetic", "test", image_size=key)
+        _TEST_SETS[key] = [test[i] for i in range(len(test))]
+    return _TEST_SETS[key]
+
+
 def run_one(name, seed, args):
     """Train (unless done) and evaluate (unless done, Eq. (20) included) one (setting, seed)
     -> the results dict of evaluate."""
@@ -65,7 +77,7 @@ def run_one(name, seed, args):
         train.main(SETTINGS[name] + ["--steps", str(args.steps), "--seed", str(seed),
                                      "--val-every", str(args.steps), "--out", out])
     model, _ = load_checkpoint(os.path.join(out, "checkpoint.pt"))
-    test = build_dataset("synthetic", "test", image_size=model.cfg.image_size)
+    test = synthetic_test_split(model.cfg.image_size)
     results = evaluate.evaluate_model(model, test, torch.device("cpu"), progress=False)
     with atomic_path(result_path) as tmp, open(tmp, "w") as f:  # test.json marks a finished run
         json.dump(results, f)
