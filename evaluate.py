@@ -38,6 +38,9 @@ SAME_SURFACE_TOL = 0.01
 # taken as hidden in m (occluded), not as an error. A point in front of D_hat_m is never
 # occlusion (m would have seen it), so it always counts. 20 % = the delta < 1.25 band of Eq. (18).
 OCCLUSION_TOL = 0.2
+# AbsRel is also pooled over NUM_BANDS vertical bands of the image, left to right: the overlaps
+# of neighbouring views, where Eq. (20) is measured, lie in the outer bands.
+NUM_BANDS = 8
 
 
 def compute_depth_metrics(pred, gt, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH, median_scaling=False):
@@ -216,6 +219,7 @@ def evaluate_predictions(predict, dataset, device, median_scaling=False, progres
     per_cam = {kind: [[] for _ in CAMERAS] for kind in ("sparse", "dense")}
     log_rho = []  # per sample: list of per-view log rho
     cross_view = []  # per sample: Eq. (20) from cross_view_consistency
+    band_err, band_count = np.zeros(NUM_BANDS), np.zeros(NUM_BANDS)  # sums of |D_hat - D*| / D*, pixels
     for i, batch in enumerate(tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True)):
         batch = {k: v.to(device) for k, v in batch.items()}
         depth = predict(batch).float()  # (1, N, 1, H, W)
@@ -227,6 +231,12 @@ def evaluate_predictions(predict, dataset, device, median_scaling=False, progres
                 gt = batch[key][0, :, 0].cpu().numpy()
                 for n in range(len(CAMERAS)):
                     per_cam[kind][n].append(compute_depth_metrics(pred[n], gt[n], median_scaling=median_scaling))
+        band_gt = batch.get("depth_dense", batch["depth"])[0, :, 0].cpu().numpy()  # (N, H, W)
+        valid = (band_gt > MIN_DEPTH) & (band_gt < MAX_DEPTH)
+        rel = np.where(valid, np.abs(pred - band_gt) / np.where(valid, band_gt, 1.0), 0.0)
+        band = np.arange(band_gt.shape[-1]) * NUM_BANDS // band_gt.shape[-1]  # column -> band
+        band_err += np.bincount(band, rel.sum(axis=(0, 1)), NUM_BANDS)
+        band_count += np.bincount(band, valid.sum(axis=(0, 1)), NUM_BANDS)
         gt = batch["depth"][0, :, 0].cpu().numpy()
         log_rho.append([r for r in (log_scale_ratio(pred[n], gt[n]) for n in range(len(CAMERAS))) if r is not None])
         if "intrinsics" in batch and "cam_to_ego" in batch:
@@ -240,8 +250,10 @@ def evaluate_predictions(predict, dataset, device, median_scaling=False, progres
     scale = {"mean_abs_log_rho": float(np.mean(np.abs(flat))) if flat else None,
              "std_log_rho_across_views": float(np.mean([np.std(s) for s in log_rho if len(s) > 1]))
              if any(len(s) > 1 for s in log_rho) else None}
+    bands = {"ground_truth": "dense" if "dense" in kinds else "sparse",
+             "abs_rel": [float(e / c) if c else None for e, c in zip(band_err, band_count)]}
     return {"per_camera": cams, "all": overall, "scale": scale, "cross_view": pool_cross_view(cross_view),
-            "num_samples": len(log_rho)}
+            "column_bands": bands, "num_samples": len(log_rho)}
 
 
 def evaluate_model(model, dataset, device, median_scaling=False, progress=True, on_sample=None):
@@ -284,6 +296,10 @@ def format_table(results, title):
         pairs = ", ".join(f"{k} {p['mean_rel']:.4f}" for k, p in cv["per_pair"].items() if p["mean_rel"] is not None)
         lines.append(f"Cross-view consistency (Eq. 20): mean relative disagreement = {cv['mean_rel']:.4f} over "
                      f"{cv['num_pixels']} pixels (same surface: {cv['same_surface']}); per pair: {pairs}")
+    bands = results.get("column_bands")
+    if bands and any(v is not None for v in bands["abs_rel"]):
+        lines.append(f"AbsRel by column band, left to right ({bands['ground_truth']} ground truth, all pixels "
+                     "pooled): " + " ".join("-" if v is None else f"{v:.4f}" for v in bands["abs_rel"]))
     return "\n".join(lines) + "\n"
 
 
@@ -307,7 +323,7 @@ def get_args(argv=None):
 
 
 def main(argv=None):
-    from model import load_checkpoint
+    from model import atomic_path, load_checkpoint
     from viz import sample_figure, save_png
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -345,15 +361,13 @@ def main(argv=None):
         results["constant_baseline"]["medians"] = medians.tolist()
         table += "\n" + format_table(results["constant_baseline"], "constant (per-camera median training depth)")
     print(table)
+    outputs = {args.json: json.dumps(results, indent=2)} if args.json else {}
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "metrics.md"), "w") as f:
-            f.write(table)
-        with open(os.path.join(args.out, "metrics.json"), "w") as f:
-            json.dump(results, f, indent=2)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        outputs[os.path.join(args.out, "metrics.md")] = table
+        outputs[os.path.join(args.out, "metrics.json")] = json.dumps(results, indent=2)
+    for path, text in outputs.items():
+        with atomic_path(path) as tmp, open(tmp, "w") as f:  # never a half-written file
+            f.write(text)
     return results
 
 

@@ -193,3 +193,26 @@ def test_format_table_rows():
             assert float(cells[1 + evaluate.METRIC_KEYS.index("a1")]) == 1.0
         assert lines[start + 4 + len(CAMERAS) + 1] == ""
     assert "std of log rho across views = 0.0000" in table
+
+
+def test_column_bands_locate_the_error():
+    """Zero in every band for a perfect predictor; an error put only in the first two columns
+    of a 16-column image shows only in band 0 (8 bands of 2 columns), with its exact size."""
+    data = _fake_dataset(2, w=16)
+    perfect = evaluate.evaluate_predictions(lambda b: b["depth_dense"], data, "cpu", progress=False)
+    assert perfect["column_bands"]["ground_truth"] == "dense"
+    assert perfect["column_bands"]["abs_rel"] == pytest.approx([0.0] * evaluate.NUM_BANDS, abs=1e-7)
+
+    def left_edge_far(batch):
+        depth = batch["depth_dense"].clone()
+        depth[..., :2] *= 1.25  # 25 % too far in the two leftmost columns of every view
+        return depth
+
+    bands = evaluate.evaluate_predictions(left_edge_far, data, "cpu", progress=False)["column_bands"]["abs_rel"]
+    assert bands[0] == pytest.approx(0.25, rel=1e-5)
+    assert bands[1:] == pytest.approx([0.0] * (evaluate.NUM_BANDS - 1), abs=1e-7)
+    sparse_only = [{k: v for k, v in item.items() if k != "depth_dense"} for item in data]
+    res = evaluate.evaluate_predictions(lambda b: 2.0 * b["depth"], sparse_only, "cpu", progress=False)
+    assert res["column_bands"]["ground_truth"] == "sparse"  # without dense ground truth: the LiDAR pixels
+    assert res["column_bands"]["abs_rel"] == pytest.approx([1.0] * evaluate.NUM_BANDS, rel=1e-6)
+    assert "AbsRel by column band, left to right (sparse" in evaluate.format_table(res, "t")
