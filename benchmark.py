@@ -4,9 +4,10 @@
     python benchmark.py speed [--image-size 352 640] [--runs 5] [--train-runs 5]
 
 ablation: each row trains the same student for the same steps with one setting of Eq. (17)
-(lambda_ckd, lambda_vr; the last two rows instead change the decoder), evaluates it on the synthetic test split against sparse and dense
-ground truth, and the table reports mean +- std over seeds of AbsRel, RMSE, delta1, the scale
-consistency of Eq. (19) and the cross-view disagreement of Eq. (20). Finished runs are reused,
+(lambda_ckd, lambda_vr; the last two rows instead change the decoder), evaluates it on the
+synthetic test split against sparse and dense ground truth, and the table reports mean +- std
+over seeds of AbsRel, RMSE, delta1, the scale consistency of Eq. (19) and the cross-view
+disagreement of Eq. (20). Finished runs are reused,
 so an interrupted ablation resumes; a finished run whose test.json predates Eq. (20) is
 re-evaluated from its checkpoint (no retraining). `--figure` (on by default) writes bev.png: the
 bird's-eye view of one test sample, the first seed's baseline beside its CKD + VRKD and the

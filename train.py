@@ -62,7 +62,8 @@ def get_args(argv=None):
     p.add_argument("--logit-scale", type=float, default=StudentConfig.logit_scale,
                    help="z = scale * conv1x1(F) (Eq. 4): lets the bin head reach sharp P^S within a short schedule")
     p.add_argument("--upsample", default=StudentConfig.upsample, choices=["convex", "bilinear"],
-                   help="depth from the decoder's stride to the input size: learned convex weights (default) or bilinear")
+                   help="depth from the decoder's stride to the input size: learned convex weights (default) "
+                        "or bilinear")
     p.add_argument("--shared-bins", action="store_true", help="one set of bin widths per surround sample (Eq. 2)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="ImageNet encoder weights via torchvision (default: on for nuScenes, off for synthetic)")
