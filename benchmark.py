@@ -4,7 +4,7 @@
     python benchmark.py speed [--image-size 352 640] [--runs 5] [--train-runs 5]
 
 ablation: each row trains the same student for the same steps with one setting of Eq. (17)
-(lambda_ckd, lambda_vr; the last two rows instead change the decoder), evaluates it on the
+(lambda_ckd, lambda_vr; the last three rows also change the decoder), evaluates it on the
 synthetic test split against sparse and dense ground truth, and the table reports mean +- std
 over seeds of AbsRel, RMSE, delta1, the scale consistency of Eq. (19) and the cross-view
 disagreement of Eq. (20). Finished runs are reused,
@@ -32,12 +32,13 @@ from data import build_dataset
 from model import atomic_path, load_checkpoint
 from viz import bev_figure, save_png
 
-# Rows of the table: the train.py flags that switch terms of Eq. (17) off (or, in the last two
-# rows, change the decoder); every other flag, lambda_ckd and lambda_vr included, keeps its default.
+# Rows of the table: the train.py flags that switch terms of Eq. (17) off (and, in the last
+# three rows, change the decoder); every other flag, lambda_ckd and lambda_vr included, keeps its default.
 SETTINGS = {"baseline": ["--lambda-ckd", "0", "--lambda-vr", "0"], "+CKD": ["--lambda-vr", "0"],
             "+VRKD": ["--lambda-ckd", "0"], "CKD + VRKD": [],
             # the default decoder (stride 4) with its depth upsampled bilinearly: what convex upsampling buys
             "baseline, bilinear upsampling": ["--lambda-ckd", "0", "--lambda-vr", "0", "--upsample", "bilinear"],
+            "CKD + VRKD, bilinear upsampling": ["--upsample", "bilinear"],
             # the first student design, decoding to stride 2 (see `speed`): is the faster default as accurate?
             "baseline, stride-2 decoder": ["--lambda-ckd", "0", "--lambda-vr", "0", "--upsample", "bilinear",
                                            "--decoder-channels", "256", "128", "64", "32"]}
