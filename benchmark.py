@@ -141,6 +141,7 @@ def ablation(argv=None):
 # --- speed and memory (python benchmark.py speed) -------------------------------------------------
 SPEED_MODELS = ("student-stride2", "student-bilinear", "student", "student-channels-last", "student-fast",
                 "da-v2-small", "da-v2-base", "student-train-step")
+STUDENT_MODELS = SPEED_MODELS[:5] + ("student-fast-bilinear",)  # the last: on request, what convex costs
 # What each student row is, so the table shows what each speed change bought:
 # - student-stride2: the first design, a fourth decoder stage (256, 128, 64, 32) down to stride 2,
 #   depth upsampled bilinearly;
@@ -148,7 +149,8 @@ SPEED_MODELS = ("student-stride2", "student-bilinear", "student", "student-chann
 # - student: the default, the same with learned convex upsampling (`model.convex_upsample`);
 # - student-channels-last: the same in NHWC memory format;
 # - student-fast: `Student.for_inference()`, BatchNorm folded into the convs and NHWC: what
-#   infer.py runs, and the reference of the ratio column.
+#   infer.py runs, and the reference of the ratio column;
+# - student-fast-bilinear (not in the default list): the same with bilinear upsampling.
 STRIDE2_DECODER = (256, 128, 64, 32)
 
 
@@ -157,14 +159,15 @@ def build_for_speed(name, image_size, device):
     from model import Student, StudentConfig
     from teacher import DINOV2_PATCH, build_random_teacher
 
-    if name in ("student-stride2", "student-bilinear", "student", "student-channels-last", "student-fast"):
+    if name in STUDENT_MODELS:
         decoder = STRIDE2_DECODER if name == "student-stride2" else StudentConfig.decoder_channels
-        upsample = "bilinear" if name in ("student-stride2", "student-bilinear") else StudentConfig.upsample
+        upsample = "bilinear" if name in ("student-stride2", "student-bilinear", "student-fast-bilinear") \
+            else StudentConfig.upsample
         model = Student(StudentConfig(image_size=tuple(image_size), decoder_channels=decoder,
                                       upsample=upsample)).to(device).eval()
         if name == "student-channels-last":  # NHWC activations: faster convolutions, same weights
             model = model.to(memory_format=torch.channels_last)
-        if name == "student-fast":
+        if name.startswith("student-fast"):
             model = model.for_inference()
         return model, lambda x: model(x)["depth"]
     if name == "student-train-step":  # one supervised optimizer step (Eqs. 15-16), batch of one frame
@@ -226,7 +229,8 @@ def speed(argv=None):
 
     p = argparse.ArgumentParser(description="Latency, FPS, parameters and peak memory, side by side.")
     p.add_argument("--image-size", type=int, nargs=2, default=(352, 640), metavar=("H", "W"), help="input per view")
-    p.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=SPEED_MODELS, help="models to time")
+    p.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=SPEED_MODELS + STUDENT_MODELS[5:],
+                   help="models to time (student-fast-bilinear on request)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per model (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
