@@ -4,11 +4,11 @@
     python benchmark.py speed [--image-size 352 640] [--runs 5] [--train-runs 5]
 
 ablation: each row trains the same student for the same steps with one setting of Eq. (17)
-(lambda_ckd, lambda_vr; the last three rows also change the decoder), evaluates it on the
-synthetic test split against sparse and dense ground truth, and the table reports mean +- std
-over seeds of AbsRel, RMSE, delta1, the scale consistency of Eq. (19) and the cross-view
-disagreement of Eq. (20). Finished runs are reused,
-so an interrupted ablation resumes; a finished run whose test.json predates Eq. (20) is
+(lambda_ckd, lambda_vr), with bilinear and with convex upsampling, plus a stride-2 baseline;
+evaluates it on the synthetic test split against sparse and dense ground truth; and the table
+reports mean +- std over seeds of AbsRel, RMSE, delta1, the scale consistency of Eq. (19) and
+the cross-view disagreement of Eq. (20). Finished runs are reused (after a check that their
+decoder matches the setting), so an interrupted ablation resumes; a run whose test.json predates Eq. (20) is
 re-evaluated from its checkpoint (no retraining). `--figure` (on by default) writes bev.png: the
 bird's-eye view of one test sample, the first seed's baseline beside its CKD + VRKD and the
 dense ground truth.
@@ -28,20 +28,19 @@ import torch
 
 import evaluate
 import train
-from data import build_dataset
+from data import InputError, build_dataset
 from model import atomic_path, load_checkpoint
 from viz import bev_figure, save_png
 
-# Rows of the table: the train.py flags that switch terms of Eq. (17) off (and, in the last
-# three rows, change the decoder); every other flag, lambda_ckd and lambda_vr included, keeps its default.
-SETTINGS = {"baseline": ["--lambda-ckd", "0", "--lambda-vr", "0"], "+CKD": ["--lambda-vr", "0"],
-            "+VRKD": ["--lambda-ckd", "0"], "CKD + VRKD": [],
-            # the default decoder (stride 4) with its depth upsampled bilinearly: what convex upsampling buys
-            "baseline, bilinear upsampling": ["--lambda-ckd", "0", "--lambda-vr", "0", "--upsample", "bilinear"],
-            "CKD + VRKD, bilinear upsampling": ["--upsample", "bilinear"],
+# Rows of the table: the train.py flags that switch terms of Eq. (17) off; every other flag,
+# lambda_ckd and lambda_vr included, keeps its default. The four terms are run with the default
+# (bilinear) upsampling and again with convex upsampling; the last row decodes to stride 2.
+TERMS = {"baseline": ["--lambda-ckd", "0", "--lambda-vr", "0"], "+CKD": ["--lambda-vr", "0"],
+         "+VRKD": ["--lambda-ckd", "0"], "CKD + VRKD": []}
+CONVEX = {f"{name}, convex upsampling": flags + ["--upsample", "convex"] for name, flags in TERMS.items()}
+SETTINGS = {**TERMS, **CONVEX,
             # the first student design, decoding to stride 2 (see `speed`): is the faster default as accurate?
-            "baseline, stride-2 decoder": ["--lambda-ckd", "0", "--lambda-vr", "0", "--upsample", "bilinear",
-                                           "--decoder-channels", "256", "128", "64", "32"]}
+            "baseline, stride-2 decoder": TERMS["baseline"] + ["--decoder-channels", "256", "128", "64", "32"]}
 COLUMNS = (("sparse", "abs_rel"), ("sparse", "rmse"), ("sparse", "a1"),
            ("dense", "abs_rel"), ("dense", "rmse"), ("dense", "a1"))
 FIGURE_SETTINGS = ("baseline", "CKD + VRKD")  # the rows bev.png compares, beside the ground truth
@@ -71,6 +70,11 @@ def run_one(name, seed, args):
     out = run_folder(name, seed, args.out)
     result_path = os.path.join(out, "test.json")
     if os.path.exists(result_path):
+        expected = train.get_args(SETTINGS[name])
+        cfg = load_checkpoint(os.path.join(out, "checkpoint.pt"))[0].cfg
+        if (cfg.upsample, list(cfg.decoder_channels)) != (expected.upsample, list(expected.decoder_channels)):
+            raise InputError(f"{out}: trained with upsample={cfg.upsample}, decoder {list(cfg.decoder_channels)}, "
+                             f"not as the setting {name!r} now asks; delete the folder to re-train it")
         with open(result_path) as f:
             results = json.load(f)
         if "cross_view" in results:
@@ -139,18 +143,17 @@ def ablation(argv=None):
 
 
 # --- speed and memory (python benchmark.py speed) -------------------------------------------------
-SPEED_MODELS = ("student-stride2", "student-bilinear", "student", "student-channels-last", "student-fast",
+SPEED_MODELS = ("student-stride2", "student", "student-convex", "student-channels-last", "student-fast",
                 "da-v2-small", "da-v2-base", "student-train-step")
-STUDENT_MODELS = SPEED_MODELS[:5] + ("student-fast-bilinear",)  # the last: on request, what convex costs
+STUDENT_MODELS = SPEED_MODELS[:5] + ("student-fast-convex",)  # the last: on request, what convex costs
 # What each student row is, so the table shows what each speed change bought:
-# - student-stride2: the first design, a fourth decoder stage (256, 128, 64, 32) down to stride 2,
-#   depth upsampled bilinearly;
-# - student-bilinear: three decoder stages (128, 64, 32) to stride 4, depth upsampled bilinearly;
-# - student: the default, the same with learned convex upsampling (`model.convex_upsample`);
-# - student-channels-last: the same in NHWC memory format;
+# - student-stride2: the first design, a fourth decoder stage (256, 128, 64, 32) down to stride 2;
+# - student: the default, three decoder stages (128, 64, 32) to stride 4, depth upsampled bilinearly;
+# - student-convex: the same with learned convex upsampling (`model.convex_upsample`);
+# - student-channels-last: the default in NHWC memory format;
 # - student-fast: `Student.for_inference()`, BatchNorm folded into the convs and NHWC: what
 #   infer.py runs, and the reference of the ratio column;
-# - student-fast-bilinear (not in the default list): the same with bilinear upsampling.
+# - student-fast-convex (not in the default list): the same with convex upsampling.
 STRIDE2_DECODER = (256, 128, 64, 32)
 
 
@@ -161,8 +164,7 @@ def build_for_speed(name, image_size, device):
 
     if name in STUDENT_MODELS:
         decoder = STRIDE2_DECODER if name == "student-stride2" else StudentConfig.decoder_channels
-        upsample = "bilinear" if name in ("student-stride2", "student-bilinear", "student-fast-bilinear") \
-            else StudentConfig.upsample
+        upsample = "convex" if name.endswith("-convex") else StudentConfig.upsample
         model = Student(StudentConfig(image_size=tuple(image_size), decoder_channels=decoder,
                                       upsample=upsample)).to(device).eval()
         if name == "student-channels-last":  # NHWC activations: faster convolutions, same weights
@@ -230,7 +232,7 @@ def speed(argv=None):
     p = argparse.ArgumentParser(description="Latency, FPS, parameters and peak memory, side by side.")
     p.add_argument("--image-size", type=int, nargs=2, default=(352, 640), metavar=("H", "W"), help="input per view")
     p.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=SPEED_MODELS + STUDENT_MODELS[5:],
-                   help="models to time (student-fast-bilinear on request)")
+                   help="models to time (student-fast-convex on request)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per model (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")

@@ -213,7 +213,9 @@ def evaluate_predictions(predict, dataset, device, median_scaling=False, progres
     `pool_cross_view` (same surface from depth_dense when present, else the occlusion test),
     None when the samples carry no intrinsics / cam_to_ego. `on_sample(index, batch, depth)`
     sees every prediction (for figures). Per-image metrics are averaged per camera, then over
-    cameras.
+    cameras. 'column_bands' = {'ground_truth': 'dense' or 'sparse', 'abs_rel': NUM_BANDS
+    floats, left to right}: metric AbsRel (never median-scaled) pooled over all pixels of every
+    view and sample in each vertical band of the image.
     """
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=0)
     per_cam = {kind: [[] for _ in CAMERAS] for kind in ("sparse", "dense")}
@@ -233,7 +235,8 @@ def evaluate_predictions(predict, dataset, device, median_scaling=False, progres
                     per_cam[kind][n].append(compute_depth_metrics(pred[n], gt[n], median_scaling=median_scaling))
         band_gt = batch.get("depth_dense", batch["depth"])[0, :, 0].cpu().numpy()  # (N, H, W)
         valid = (band_gt > MIN_DEPTH) & (band_gt < MAX_DEPTH)
-        rel = np.where(valid, np.abs(pred - band_gt) / np.where(valid, band_gt, 1.0), 0.0)
+        clipped = np.clip(pred, MIN_DEPTH, MAX_DEPTH)  # as compute_depth_metrics; metric, never median-scaled
+        rel = np.where(valid, np.abs(clipped - band_gt) / np.where(valid, band_gt, 1.0), 0.0)
         band = np.arange(band_gt.shape[-1]) * NUM_BANDS // band_gt.shape[-1]  # column -> band
         band_err += np.bincount(band, rel.sum(axis=(0, 1)), NUM_BANDS)
         band_count += np.bincount(band, valid.sum(axis=(0, 1)), NUM_BANDS)
@@ -298,8 +301,8 @@ def format_table(results, title):
                      f"{cv['num_pixels']} pixels (same surface: {cv['same_surface']}); per pair: {pairs}")
     bands = results.get("column_bands")
     if bands and any(v is not None for v in bands["abs_rel"]):
-        lines.append(f"AbsRel by column band, left to right ({bands['ground_truth']} ground truth, all pixels "
-                     "pooled): " + " ".join("-" if v is None else f"{v:.4f}" for v in bands["abs_rel"]))
+        lines.append(f"Metric AbsRel by column band, left to right ({bands['ground_truth']} ground truth, all "
+                     "pixels pooled): " + " ".join("-" if v is None else f"{v:.4f}" for v in bands["abs_rel"]))
     return "\n".join(lines) + "\n"
 
 

@@ -48,7 +48,7 @@ class StudentConfig:
     bin_hidden: int = 256  # hidden width of the bin-width MLP (Eq. 2)
     logit_scale: float = 8.0  # z = logit_scale * conv1x1(F) (Eq. 4): a reparametrisation, see Student
     shared_bins: bool = False  # Eq. (2) option: one width vector per surround sample
-    upsample: str = "convex"  # "convex" (learned, see `convex_upsample`) or "bilinear" to the input size
+    upsample: str = "bilinear"  # "bilinear" or "convex" (learned, `convex_upsample`) to the input size
     image_size: tuple = (96, 160)  # (H, W) the network was trained at; infer_image resizes to it
 
     def __post_init__(self):
@@ -91,15 +91,19 @@ def convex_upsample(depth, mask):
     as RAFT upsamples flow, with separable weights: sub-row i of a coarse pixel mixes its three
     rows with a_i = softmax(mask[0:3s]), sub-column k its three columns with b_k =
     softmax(mask[3s:6s]), and pixel (i, k) takes weight a_i[y] b_k[x] on neighbour (y, x). The
-    weights are >= 0 and sum to 1. Separable weights need 6 s mask channels instead of RAFT's
-    9 s^2 (24 vs 144 at s = 4): at 6 x 352 x 640 the full version added 68 ms to a 0.47 s
-    student, the separable one 26 ms (one timing; README, "Speed").
+    weights are >= 0 and sum to 1. Channel order: row weights a_i[y] at c = y s + i, column
+    weights b_k[x] at c = 3 s + x s + k. Separable weights need 6 s mask channels instead of
+    RAFT's 9 s^2 (24 vs 144 at s = 4); with them the convex student runs within 1-2 % of the
+    bilinear one at 6 x 352 x 640 (README, "Speed").
     A convex combination of hybrid depths is the hybrid depth (Eq. 5) of the same combination
     of the bin probabilities P^S, since the centers are per image: so this is Eq. (5) at full
     resolution with P^S upsampled, at the cost of one channel instead of K. The border is
     replicated, so an edge pixel never mixes in zeros."""
     m, _, h, w = depth.shape
     s = mask.shape[1] // 6
+    if mask.shape[1] != 6 * s or s < 1 or mask.shape[0] != m or mask.shape[-2:] != depth.shape[-2:]:
+        raise ValueError(f"convex_upsample: mask {tuple(mask.shape)} must be (M, 6 s, h, w) for depth "
+                         f"{tuple(depth.shape)}")
     weights = torch.softmax(mask.contiguous().view(m, 2, 3, s, h, w), dim=2)  # over 3 rows / 3 columns
     rows, cols = weights[:, 0], weights[:, 1]  # (M, 3, s, h, w): a_i[y], b_k[x]
     patches = F.unfold(F.pad(depth, (1, 1, 1, 1), mode="replicate"), 3).view(m, 3, 3, h, w)  # [y, x]
@@ -149,9 +153,11 @@ class Student(nn.Module):
         # (Eq. 10) in a short schedule. Measured after 200 steps of CKD: mean entropy of P^S
         # 3.9 nats with scale 1 (uniform: 4.2), 2.6 with scale 8; P^T has 1.45 (README, "Ablation").
         self.logit_head = nn.Conv2d(c_prev, cfg.num_bins, 1)
-        # Eq. (5) at full resolution: the depth at stride s is upsampled by `convex_upsample`,
-        # whose 6 s weights per coarse pixel a small head predicts from the same features,
-        # so depth edges stay sharp where bilinear upsampling would blur them across s pixels.
+        # Eq. (5) at full resolution. Default: the stride-s depth is upsampled bilinearly. Option
+        # (upsample="convex"): by `convex_upsample`, whose 6 s weights per coarse pixel a small
+        # head predicts from the same features, so depth edges can stay sharp where bilinear
+        # upsampling blurs them across s pixels. Measured (README, "Ablation"): convex helps
+        # the supervised baseline, but not CKD + VRKD on sparse AbsRel, hence not the default.
         stride = ENCODER_STRIDE // 2 ** len(cfg.decoder_channels)
         self.upsample_head = (nn.Sequential(nn.Conv2d(c_prev, c_prev, 3, padding=1), nn.ReLU(inplace=True),
                                             nn.Conv2d(c_prev, 6 * stride, 1))

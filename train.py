@@ -62,8 +62,8 @@ def get_args(argv=None):
     p.add_argument("--logit-scale", type=float, default=StudentConfig.logit_scale,
                    help="z = scale * conv1x1(F) (Eq. 4): lets the bin head reach sharp P^S within a short schedule")
     p.add_argument("--upsample", default=StudentConfig.upsample, choices=["convex", "bilinear"],
-                   help="depth from the decoder's stride to the input size: learned convex weights (default) "
-                        "or bilinear")
+                   help="depth from the decoder's stride to the input size: bilinear (default) or learned "
+                        "convex weights (model.convex_upsample)")
     p.add_argument("--shared-bins", action="store_true", help="one set of bin widths per surround sample (Eq. 2)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="ImageNet encoder weights via torchvision (default: on for nuScenes, off for synthetic)")
@@ -100,7 +100,7 @@ def get_args(argv=None):
         args.image_size = DEFAULT_IMAGE_SIZE[args.data]
     if args.amp == "auto":
         args.amp = "bf16" if torch.device(args.device).type == "cuda" else "off"
-    if args.steps is None:
+    if args.steps is None and not args.resume:  # a resumed run keeps its own, unless given
         args.steps = DEFAULT_STEPS[args.data]
     if args.pretrained is None:
         args.pretrained = args.data == "nuscenes"
@@ -215,17 +215,24 @@ def validate(model, val_set, device, rank, world):
 # Flags a resumed run may change; every other flag (data, image size, losses, seed, ...) is
 # restored from the checkpoint, so a resumed run continues the same training.
 RESUME_MAY_CHANGE = ("steps", "out", "resume", "device", "workers", "val_every", "val_samples", "amp",
-                     "teacher_cache")
+                     "teacher_cache", "dataroot")  # the data may have moved
 
 
-def restore_args(args, saved):
+def restore_args(args, saved, cfg):
     """On --resume: set every flag outside RESUME_MAY_CHANGE to its value in `saved` (the
-    checkpoint's args) -> names of the flags whose command-line value was overridden."""
+    checkpoint's args), then the model flags to the checkpoint's StudentConfig `cfg` (which
+    wins for flags older args lack); --steps, when not given, to the saved one -> names of the
+    flags whose command-line value was overridden."""
     changed = []
-    for key, value in saved.items():
+    model_flags = {k: getattr(cfg, k) for k in ("encoder", "num_bins", "decoder_channels", "feature_level",
+                                                "logit_scale", "shared_bins", "upsample", "image_size")}
+    model_flags = {k: list(v) if isinstance(v, tuple) else v for k, v in model_flags.items()}
+    for key, value in {**saved, **model_flags}.items():
         if key not in RESUME_MAY_CHANGE and hasattr(args, key) and getattr(args, key) != value:
             changed.append(key)
             setattr(args, key, value)
+    if args.steps is None:
+        args.steps = saved.get("steps", DEFAULT_STEPS[args.data])
     return changed
 
 
@@ -237,7 +244,7 @@ def main(argv=None):
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     if args.resume:  # the checkpoint's own StudentConfig rebuilds the model, its args the run
         model, ckpt = load_checkpoint(ckpt_path, device)
-        changed = restore_args(args, ckpt.get("args", {}))
+        changed = restore_args(args, ckpt.get("args", {}), model.cfg)
         if changed and main_process:
             print(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} taken from {ckpt_path}, "
                   "not from the command line", file=sys.stderr)

@@ -85,6 +85,22 @@ def test_resume_takes_the_run_flags_from_the_checkpoint(tmp_path, capsys):
     assert saved["args"]["seed"] == 3 and saved["args"]["batch_size"] == 1 and saved["args"]["steps"] == 2
 
 
+def test_resume_keeps_the_runs_steps_and_the_models_config(tmp_path):
+    """Without --steps a resumed run keeps its own schedule (not the default 300); args saved
+    before a model flag existed take it from the checkpoint's StudentConfig."""
+    out = str(tmp_path / "run")
+    train.main(TINY + ["--steps", "3", "--val-every", "1", "--upsample", "convex", "--out", out])
+    path = os.path.join(out, "checkpoint.pt")
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["step"] = 2  # as if it had stopped after step 2
+    del ckpt["args"]["upsample"]  # as if written before --upsample existed
+    torch.save(ckpt, path)
+    model = train.main(["--out", out, "--resume", "--workers", "0"])
+    saved = torch.load(path, weights_only=False)
+    assert saved["step"] == 3 and saved["args"]["steps"] == 3
+    assert model.cfg.upsample == "convex" and saved["args"]["upsample"] == "convex"
+
+
 def test_evaluate_cli_writes_table_json_and_figures(run, tmp_path):
     out = tmp_path / "eval"
     results = evaluate.main(["--checkpoint", str(run / "checkpoint.pt"), "--max-samples", "2", "--baseline",

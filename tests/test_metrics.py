@@ -215,4 +215,4 @@ def test_column_bands_locate_the_error():
     res = evaluate.evaluate_predictions(lambda b: 2.0 * b["depth"], sparse_only, "cpu", progress=False)
     assert res["column_bands"]["ground_truth"] == "sparse"  # without dense ground truth: the LiDAR pixels
     assert res["column_bands"]["abs_rel"] == pytest.approx([1.0] * evaluate.NUM_BANDS, rel=1e-6)
-    assert "AbsRel by column band, left to right (sparse" in evaluate.format_table(res, "t")
+    assert "Metric AbsRel by column band, left to right (sparse" in evaluate.format_table(res, "t")

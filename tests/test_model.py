@@ -197,6 +197,44 @@ def test_convex_upsample_is_a_convex_combination_of_the_3x3_neighbours():
                                torch.full((1, 1, 12, 16), 7.5))
 
 
+@pytest.mark.parametrize("y,x", [(0, 2), (2, 0), (1, 0), (0, 1)])
+def test_convex_upsample_one_hot_weights_pick_that_neighbour(y, x):
+    """Row weight on neighbour row y and column weight on neighbour column x, for every
+    sub-pixel: output pixel (Y s + i, X s + k) is coarse pixel (Y + y - 1, X + x - 1), edges
+    replicated. Pins the channel order (rows c = y s + i, columns 3 s + x s + k) and the layout."""
+    s, h, w = 2, 4, 5
+    depth = torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w)
+    mask = torch.zeros(1, 6 * s, h, w)
+    mask[:, y * s:(y + 1) * s] = 100.0
+    mask[:, 3 * s + x * s:3 * s + (x + 1) * s] = 100.0
+    up = model.convex_upsample(depth, mask)[0, 0]
+    for row in range(h * s):
+        for col in range(w * s):
+            src_y = min(max(row // s + y - 1, 0), h - 1)
+            src_x = min(max(col // s + x - 1, 0), w - 1)
+            assert up[row, col].item() == pytest.approx(depth[0, 0, src_y, src_x].item(), abs=1e-4)
+
+
+def test_convex_upsample_sub_pixels_land_in_place():
+    """Different weights per sub-pixel: sub-row i of a coarse pixel takes neighbour row i (s = 3),
+    so the three output rows of coarse row Y read coarse rows Y - 1, Y, Y + 1."""
+    s, h, w = 3, 4, 4
+    depth = torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w)
+    mask = torch.zeros(1, 6 * s, h, w)
+    for i in range(s):
+        mask[:, i * s + i] = 100.0  # row weight of sub-row i on neighbour row y = i
+    mask[:, 3 * s + s:3 * s + 2 * s] = 100.0  # every sub-column on the middle column
+    up = model.convex_upsample(depth, mask)[0, 0]
+    for row in range(h * s):
+        src_y = min(max(row // s + row % s - 1, 0), h - 1)
+        assert up[row, 5].item() == pytest.approx(depth[0, 0, src_y, 5 // s].item(), abs=1e-4)
+
+
+def test_convex_upsample_rejects_a_wrong_mask():
+    with pytest.raises(ValueError, match="must be"):
+        model.convex_upsample(torch.rand(1, 1, 4, 4), torch.rand(1, 10, 4, 4))
+
+
 def test_convex_upsample_commutes_with_hybrid_regression():
     """Upsampling D = sum_k P_k c_k equals Eq. (5) with every P_k upsampled by the same weights."""
     logits = torch.randn(1, 8, 4, 6, generator=_gen(4))
@@ -212,7 +250,7 @@ def test_convex_upsample_commutes_with_hybrid_regression():
 def test_convex_head_gets_gradient_and_bilinear_has_none():
     torch.manual_seed(6)
     x = torch.rand(1, 2, 3, 32, 64, generator=_gen(7))
-    convex = Student(StudentConfig(num_bins=8, bin_hidden=16))
+    convex = Student(StudentConfig(num_bins=8, bin_hidden=16, upsample="convex"))
     convex(x)["depth"].mean().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in convex.upsample_head.parameters())
     bilinear = Student(StudentConfig(num_bins=8, bin_hidden=16, upsample="bilinear"))
