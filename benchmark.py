@@ -8,8 +8,8 @@ ablation: each row trains the same student for the same steps with one setting o
 evaluates it on the synthetic test split against sparse and dense ground truth; and the table
 reports mean +- std over seeds of AbsRel, RMSE, delta1, the scale consistency of Eq. (19) and
 the cross-view disagreement of Eq. (20). Finished runs are reused (after a check that their
-decoder matches the setting), so an interrupted ablation resumes; a run whose test.json predates Eq. (20) is
-re-evaluated from its checkpoint (no retraining). `--figure` (on by default) writes bev.png: the
+decoder matches the setting), so an interrupted ablation resumes; a run whose test.json
+predates Eq. (20) is re-evaluated from its checkpoint (no retraining). `--figure` (on by default) writes bev.png: the
 bird's-eye view of one test sample, the first seed's baseline beside its CKD + VRKD and the
 dense ground truth.
 
