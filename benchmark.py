@@ -69,20 +69,20 @@ def run_one(name, seed, args):
     -> the results dict of evaluate."""
     out = run_folder(name, seed, args.out)
     result_path = os.path.join(out, "test.json")
+    if not os.path.exists(result_path):
+        train.main(SETTINGS[name] + ["--steps", str(args.steps), "--seed", str(seed),
+                                     "--val-every", str(args.steps), "--out", out])
+    model, _ = load_checkpoint(os.path.join(out, "checkpoint.pt"))  # loaded once: checked, then scored
+    expected = train.get_args(SETTINGS[name])
+    cfg = model.cfg
+    if (cfg.upsample, list(cfg.decoder_channels)) != (expected.upsample, list(expected.decoder_channels)):
+        raise InputError(f"{out}: trained with upsample={cfg.upsample}, decoder {list(cfg.decoder_channels)}, "
+                         f"not as the setting {name!r} now asks; delete the folder to re-train it")
     if os.path.exists(result_path):
-        expected = train.get_args(SETTINGS[name])
-        cfg = load_checkpoint(os.path.join(out, "checkpoint.pt"))[0].cfg
-        if (cfg.upsample, list(cfg.decoder_channels)) != (expected.upsample, list(expected.decoder_channels)):
-            raise InputError(f"{out}: trained with upsample={cfg.upsample}, decoder {list(cfg.decoder_channels)}, "
-                             f"not as the setting {name!r} now asks; delete the folder to re-train it")
         with open(result_path) as f:
             results = json.load(f)
         if "cross_view" in results:
             return results
-    else:
-        train.main(SETTINGS[name] + ["--steps", str(args.steps), "--seed", str(seed),
-                                     "--val-every", str(args.steps), "--out", out])
-    model, _ = load_checkpoint(os.path.join(out, "checkpoint.pt"))
     test = synthetic_test_split(model.cfg.image_size)
     results = evaluate.evaluate_model(model, test, torch.device("cpu"), progress=False)
     with atomic_path(result_path) as tmp, open(tmp, "w") as f:  # test.json marks a finished run

@@ -10,8 +10,7 @@ Defines
 - `load_teacher`: a DA-V2 checkpoint (Hugging Face id or local folder) -> `DepthAnythingTeacher`;
   raises `TeacherUnavailable` (one line, no hub traceback) when offline or weights are missing.
 - `build_random_teacher`: the same architectures with random weights, for timing without weights.
-- `EmulatedTeacher`: the default teacher of the synthetic world, where no foundation weights
-  exist offline. It makes what a relative-depth model gives from the dense synthetic depth.
+- `EmulatedTeacher`: the synthetic world's default teacher, a relative-depth model's output made from its dense depth.
 - `build_teacher`: the name given to `--teacher` -> one of the above.
 Every teacher is called as `teacher(images, depth_dense=None)` with images (M, 3, H, W) float in
 [0, 1] and returns {'disparity': (M, 1, H, W) float32 relative inverse depth, 'features':
@@ -321,7 +320,8 @@ def distillation_targets(teacher, batch, strip, grid):
 
 
 def cache_file(folder, index):
-    return os.path.join(folder, f"{index:07d}.pt")  # the cache file of item `index`
+    """The path of the cache file of dataset item `index` in cache `folder`."""
+    return os.path.join(folder, f"{index:07d}.pt")
 
 
 def cache_folder(root, teacher_name, image_size, strip, grid):
