@@ -27,9 +27,11 @@ import numpy as np
 import torch
 
 import evaluate
+import losses
 import train
-from data import InputError, build_dataset
-from model import atomic_path, load_checkpoint
+from cli import InputError, atomic_path
+from data import build_dataset
+from model import load_checkpoint
 from viz import bev_figure, save_png
 
 # Rows of the table: the train.py flags that switch terms of Eq. (17) off; every other flag,
@@ -181,7 +183,7 @@ def build_for_speed(name, image_size, device):
             with torch.inference_mode(False), torch.enable_grad():
                 target = torch.rand(x.shape[:2] + (1,) + x.shape[-2:], device=x.device) * 80  # stand-in D*
                 target = target * (torch.rand_like(target) < 0.02)  # ~2 % of the pixels, as LiDAR
-                loss, _ = train.total_loss(model(x.clone()), {"depth": target}, args)
+                loss, _ = losses.objective(model(x.clone()), target, train.loss_config(args))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -291,8 +293,8 @@ def train_step_times(image_size, batch_size, runs, device):
         farness, tokens = (None, None) if mode == "supervised" else cached
         if mode == "kd, live emulated teacher":
             farness, tokens = distillation_targets(teacher, batch, kd_args.vr_strip, kd_args.vr_grid)
-        loss, _ = train.total_loss(model(batch["images"]), batch, sup_args if mode == "supervised" else kd_args,
-                                   farness, tokens)
+        cfg = train.loss_config(sup_args if mode == "supervised" else kd_args)
+        loss, _ = losses.objective(model(batch["images"]), batch["depth"], cfg, farness, tokens)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,18 +1,12 @@
-"""Surround-camera data: the rig conventions shared by every dataset, and the dataset factory.
+"""The dataset factory: a dataset name and split -> a torch Dataset of surround samples.
 
-Defines
-- `CAMERAS` and `ADJACENT_PAIRS`: the ring order and the overlap pairs A of the README's
-  method section ("Setting"), used by the view-relational KD, Eqs. (12)-(14), and by the
-  cross-view consistency metric, Eq. (20).
-- `MIN_DEPTH`, `MAX_DEPTH`: the depth range d_min, d_max of Eqs. (3) and (18).
-- `render_sparse_depth`: camera-frame points -> sparse depth map, nearest point wins
-  (how LiDAR ground truth D* is made, for the synthetic LiDAR and for nuScenes alike).
-- `build_dataset`: name + split -> a torch Dataset of surround samples.
-- `NuScenesSurround`: nuScenes keyframe samples with LiDAR ground truth, and `DatasetError`,
-  the one-line error it raises on a dataroot it cannot read.
+Defines `build_dataset`, `split_name` (which split plays train / val / test on each dataset),
+`depth_range` (the d_min, d_max of Eqs. (3) and (18) on each dataset) and the default input
+size of each dataset. The loaders themselves live in `synthetic.py` and `nusc.py`; this file
+stands above them, so they never import it.
 
 Every dataset returns one surround sample per item, a dict of float32 tensors:
-    images      (N, 3, H, W) in [0, 1], N = 6 cameras in the order of `CAMERAS`
+    images      (N, 3, H, W) in [0, 1], N = 6 cameras in the ring order of `rig.CAMERAS`
     depth       (N, 1, H, W) sparse metric z-depth D* in meters, 0 where there is no point
     intrinsics  (N, 3, 3)    pixel intrinsics at (H, W)
     cam_to_ego  (N, 4, 4)    camera -> ego transform; camera x right, y down, z forward;
@@ -20,62 +14,22 @@ Every dataset returns one surround sample per item, a dict of float32 tensors:
 and the synthetic world adds `depth_dense` (N, 1, H, W), 0 for sky. nuScenes with
 `augment=True` jitters `images` (the student's input) and adds `images_teacher` (N, 3, H, W),
 the same images untouched, for the frozen teacher.
-The synthetic world lives in `synthetic.py`.
 """
-import os
+from nusc import NUSCENES_IMAGE_SIZE, NUSCENES_SPLITS, NuScenesSurround
+from rig import MAX_DEPTH, MIN_DEPTH
+from synthetic import DEFAULT_IMAGE_SIZE as SYNTHETIC_IMAGE_SIZE
+from synthetic import SyntheticSurround
 
-import numpy as np
-import torch
-from PIL import Image
-
-# Ring order of the README's "Setting": clockwise seen from above, starting at the front.
-CAMERAS = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_BACK_RIGHT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_FRONT_LEFT",
-)
-# The overlap pairs A: the right border of camera n sees what the left border of n+1 sees.
-ADJACENT_PAIRS = tuple((n, (n + 1) % len(CAMERAS)) for n in range(len(CAMERAS)))
-
-# Depth range d_min..d_max of Eqs. (3) and (18): the nuScenes evaluation cap of SurroundDepth.
-MIN_DEPTH = 0.1
-MAX_DEPTH = 80.0
+DATASETS = ("synthetic", "nuscenes")
+# Default input size per dataset, (H, W): the synthetic demo size and SurroundDepth's nuScenes size.
+DEFAULT_IMAGE_SIZE = {"synthetic": SYNTHETIC_IMAGE_SIZE, "nuscenes": NUSCENES_IMAGE_SIZE}
+# Depth range (d_min, d_max) in meters per dataset, Eqs. (3) and (18).
+DEPTH_RANGE = {"synthetic": (MIN_DEPTH, MAX_DEPTH), "nuscenes": (MIN_DEPTH, MAX_DEPTH)}
 
 
-def render_sparse_depth(points_cam, intrinsics, height, width, min_z=MIN_DEPTH):
-    """Sparse depth map D* from 3-D points in a camera frame (the LiDAR ground truth).
-
-    points_cam: (P, 3) float, meters, camera frame (x right, y down, z forward).
-    intrinsics: (3, 3) pixel intrinsics at (height, width).
-    Returns (height, width) float32 z-depth in meters, 0 where no point lands. Points with
-    z <= min_z or outside the image are dropped; where several land in one pixel, the nearest
-    one wins.
-    """
-    points_cam = np.asarray(points_cam, dtype=np.float64)
-    depth = np.zeros((height, width), dtype=np.float32)
-    z = points_cam[:, 2]
-    front = z > min_z
-    pts, z = points_cam[front], z[front]
-    uvw = pts @ np.asarray(intrinsics, dtype=np.float64).T  # (P, 3)
-    u = np.floor(uvw[:, 0] / z).astype(np.int64)  # pixel column; pixel centers at +0.5
-    v = np.floor(uvw[:, 1] / z).astype(np.int64)
-    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
-    u, v, z = u[inside], v[inside], z[inside]
-    # Write far to near, so that the nearest point in each pixel is written last and wins.
-    order = np.argsort(-z, kind="stable")
-    depth[v[order], u[order]] = z[order]
-    return depth
-
-
-def scale_intrinsics(intrinsics, sx, sy):
-    """Intrinsics (..., 3, 3) of an image resized by sx horizontally and sy vertically."""
-    k = np.array(intrinsics, dtype=np.float64, copy=True)
-    k[..., 0, :] *= sx
-    k[..., 1, :] *= sy
-    return k
+def depth_range(name):
+    """(d_min, d_max) in meters of dataset `name`: the bin range of Eq. (3), the metric range of Eq. (18)."""
+    return DEPTH_RANGE[name]
 
 
 def split_name(data, version, role):
@@ -94,307 +48,9 @@ def build_dataset(name, split, image_size=None, dataroot=None, version=None, see
     ('train', 'val' for v1.0-trainval; 'mini_train', 'mini_val' for v1.0-mini).
     Extra keyword arguments go to the dataset class.
     """
+    size = {} if image_size is None else {"image_size": tuple(image_size)}
     if name == "synthetic":
-        from synthetic import SyntheticSurround  # the procedural world, see synthetic.py
-
-        size = {} if image_size is None else {"image_size": tuple(image_size)}
         return SyntheticSurround(split=split, seed=seed, **size, **kwargs)
     if name == "nuscenes":
-        size = {} if image_size is None else {"image_size": tuple(image_size)}
-        return NuScenesSurround(dataroot, version=version or "v1.0-trainval", split=split,
-                                **size, **kwargs)
-    raise ValueError(f"unknown dataset {name!r}: use 'synthetic' or 'nuscenes'")
-
-
-# ---------------------------------------------------------------------------------------------
-# nuScenes: six 1600 x 900 cameras, ground truth D* from the LIDAR_TOP keyframe sweep.
-# ---------------------------------------------------------------------------------------------
-
-# Devkit version -> its splits in `nuscenes.utils.splits.create_splits_scenes()`. The full 'val'
-# split (150 scenes, 6,019 keyframe samples) is the evaluation protocol of SurroundDepth.
-NUSCENES_SPLITS = {"v1.0-trainval": ("train", "val"), "v1.0-mini": ("mini_train", "mini_val")}
-NUSCENES_TRAIN_SPLITS = ("train", "mini_train")  # the only splits colour jitter is allowed on
-NUSCENES_IMAGE_SIZE = (352, 640)  # (H, W) network input of SurroundDepth on nuScenes
-LIDAR_CHANNEL = "LIDAR_TOP"
-LIDAR_FIELDS = 5  # a .pcd.bin sweep is float32 (x, y, z, intensity, ring index) per point
-# Cache encoding of one projected point: u, v as uint16 in units of 1/CACHE_SUBPIXEL native pixel
-# (1600 * 32 = 51,200 < 2**16), z as float16 (rounding error under 0.05 %: 3 cm at 80 m, the
-# range accuracy of the LiDAR). 6 bytes a point before compression, ~2.7 after (`_encode_points`).
-CACHE_SUBPIXEL = 32
-# Colour jitter of monodepth2's training augmentation: brightness, contrast and saturation
-# factors in [0.8, 1.2], hue shift in [-0.1, 0.1]. Photometric only: no geometry changes.
-COLOR_JITTER = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
-
-
-class InputError(RuntimeError):
-    """Bad user input (a path, a file, a name). The scripts print its one-line message, which
-    names the file and the fix, instead of a traceback."""
-
-
-def run_cli(main):
-    """Run a script's `main`; bad input ends in one line that names the file and the fix
-    (`error: ...`, exit status 1), never in a traceback."""
-    try:
-        main()
-    except InputError as err:
-        raise SystemExit(f"error: {err}") from None
-
-
-class DatasetError(InputError):
-    """A dataset that cannot be read as asked; the one-line message names the path and the fix."""
-
-
-def _pose(record, inverse=False):
-    """(4, 4) float64 transform of a devkit record: 'translation' (m), 'rotation' (w, x, y, z)."""
-    from nuscenes.utils.geometry_utils import transform_matrix  # devkit: imported on use
-    from pyquaternion import Quaternion
-
-    return transform_matrix(record["translation"], Quaternion(record["rotation"]), inverse=inverse)
-
-
-def _index_sample(nusc, sample, lidar_sweeps):
-    """Everything one item needs from the devkit tables, as plain arrays (file paths, transforms).
-
-    The transforms follow `NuScenesExplorer.map_pointcloud_to_image`: LiDAR -> ego at the sweep's
-    time -> global -> ego at the camera's time -> camera. Each camera has its own timestamp, so
-    its own ego pose.
-    """
-    record = {"token": sample["token"], "image_files": [], "image_sizes": [], "intrinsics": [],
-              "cam_to_ego": [], "cam_from_global": [], "sweeps": []}
-    for channel in CAMERAS:
-        cam = nusc.get("sample_data", sample["data"][channel])
-        calib = nusc.get("calibrated_sensor", cam["calibrated_sensor_token"])
-        ego = nusc.get("ego_pose", cam["ego_pose_token"])
-        record["image_files"].append(os.path.join(nusc.dataroot, cam["filename"]))
-        record["image_sizes"].append((cam["height"], cam["width"]))
-        record["intrinsics"].append(np.array(calib["camera_intrinsic"], dtype=np.float64))
-        record["cam_to_ego"].append(_pose(calib))
-        # global -> ego at the camera's timestamp -> camera, (4, 4)
-        record["cam_from_global"].append(_pose(calib, inverse=True) @ _pose(ego, inverse=True))
-    # The keyframe sweep, then up to lidar_sweeps - 1 earlier (non-keyframe) sweeps via 'prev',
-    # as `LidarPointCloud.from_file_multisweep`; each keeps its own lidar -> global transform, so
-    # all of them meet the cameras in the global frame (the keyframe's frame, through global).
-    sweep = nusc.get("sample_data", sample["data"][LIDAR_CHANNEL])
-    for _ in range(lidar_sweeps):
-        calib = nusc.get("calibrated_sensor", sweep["calibrated_sensor_token"])
-        ego = nusc.get("ego_pose", sweep["ego_pose_token"])
-        global_from_lidar = _pose(ego) @ _pose(calib)  # lidar -> ego at sweep time -> global
-        path = os.path.join(nusc.dataroot, sweep["filename"])
-        record["sweeps"].append((path, global_from_lidar))
-        if not sweep["prev"]:
-            break  # the first sweep of the scene: fewer sweeps, as the devkit does
-        sweep = nusc.get("sample_data", sweep["prev"])
-    for key in ("intrinsics", "cam_to_ego", "cam_from_global"):
-        record[key] = np.stack(record[key])  # (N, 3, 3) or (N, 4, 4)
-    return record
-
-
-def _project_sweeps(record, dataroot):
-    """LiDAR sweeps of a sample -> per camera (P_n, 3) float64 (u, v, z), z > 0, inside the image.
-
-    u, v: continuous pixel coordinates at the native resolution (pixel i covers [i, i + 1));
-    z: depth along the camera's optical axis, meters.
-    """
-    clouds = []
-    for path, global_from_lidar in record["sweeps"]:
-        if not os.path.isfile(path):
-            raise DatasetError(f"missing LiDAR sweep {path}: extract the nuScenes 'samples' and "
-                               f"'sweeps' archives into {dataroot} (or use lidar_sweeps=1)")
-        scan = np.fromfile(path, dtype=np.float32).reshape(-1, LIDAR_FIELDS)  # (P, 5)
-        # Beam by beam (stable: in firing order along each beam), so that neighbouring points
-        # are neighbours in the image too; the cache compresses them better (`_encode_points`).
-        scan = scan[np.argsort(scan[:, 4], kind="stable")]
-        clouds.append((scan[:, :3].astype(np.float64), global_from_lidar))  # (P, 3)
-    projected = []
-    for n, (height, width) in enumerate(record["image_sizes"]):
-        if max(height, width) * CACHE_SUBPIXEL >= 2**16:  # the uint16 cache encoding's limit
-            raise DatasetError(f"camera images of {height}x{width} are too large for the cache: "
-                               f"lower data.CACHE_SUBPIXEL")
-        uvz = []
-        for xyz, global_from_lidar in clouds:
-            cam_from_lidar = record["cam_from_global"][n] @ global_from_lidar  # (4, 4)
-            cam = xyz @ cam_from_lidar[:3, :3].T + cam_from_lidar[:3, 3]  # (P, 3) camera frame
-            cam = cam[cam[:, 2] > 0]
-            pix = cam @ record["intrinsics"][n].T  # (P, 3)
-            u, v, z = pix[:, 0] / cam[:, 2], pix[:, 1] / cam[:, 2], cam[:, 2]
-            inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
-            uvz.append(np.stack([u, v, z], axis=1)[inside])  # (P_in, 3)
-        projected.append(np.concatenate(uvz))
-    return projected
-
-
-def _encode_points(projected):
-    """Per camera (P_n, 3) (u, v, z) -> compact arrays for the cache, ~2.7 bytes a point zipped.
-
-    u, v become uint16 in 1/CACHE_SUBPIXEL px, z the bits of its float16. Points come along each
-    LiDAR beam (see `_project_sweeps`), so consecutive values are close: their differences,
-    split into high and low byte planes, are mostly small and repetitive, which deflate packs
-    twice as tight as the raw values.
-    """
-    uvz = np.concatenate(projected)  # (P, 3)
-    columns = np.stack([
-        np.floor(uvz[:, 0] * CACHE_SUBPIXEL).astype(np.uint16),
-        np.floor(uvz[:, 1] * CACHE_SUBPIXEL).astype(np.uint16),
-        uvz[:, 2].astype(np.float16).view(np.uint16),
-    ])  # (3, P)
-    # uint16 differences wrap around mod 2**16; the cumulative sum in `_decode_points` undoes them.
-    deltas = np.diff(columns, axis=1, prepend=np.zeros((3, 1), dtype=np.uint16))  # (3, P)
-    return {
-        "planes": np.stack([deltas >> 8, deltas & 0xFF]).astype(np.uint8),  # (2, 3, P) high, low
-        "counts": np.array([len(p) for p in projected], dtype=np.int64),  # (N,)
-    }
-
-
-def _decode_points(arrays):
-    """Cache arrays -> per camera (P_n, 3) float64 (u, v, z), u, v at the center of their cell.
-
-    The center keeps floor(u) exact at the native resolution, and keeps every point off the
-    pixel borders of resolutions whose borders fall on the 1/32 px grid (e.g. 640 or 400 of 1600).
-    """
-    planes = arrays["planes"].astype(np.uint16)  # (2, 3, P)
-    columns = np.cumsum((planes[0] << 8) | planes[1], axis=1, dtype=np.uint16)  # (3, P)
-    uv = (columns[:2].T.astype(np.float64) + 0.5) / CACHE_SUBPIXEL  # (P, 2)
-    z = columns[2].view(np.float16).astype(np.float64)  # (P,)
-    uvz = np.concatenate([uv, z[:, None]], axis=1)  # (P, 3)
-    return np.split(uvz, np.cumsum(arrays["counts"])[:-1])
-
-
-class NuScenesSurround(torch.utils.data.Dataset):
-    """nuScenes keyframe samples as surround samples (format in the module docstring).
-
-    dataroot: the nuScenes folder holding <version>/, samples/, sweeps/, maps/.
-    version: 'v1.0-trainval' (splits 'train', 'val') or 'v1.0-mini' ('mini_train', 'mini_val').
-    image_size: (H, W) output size in pixels; images are resized (bilinear, antialiased) and the
-        intrinsics scaled to match.
-    min_z: depth in meters below which LiDAR points are dropped (d_min of Eq. (18)).
-    lidar_sweeps: K LIDAR_TOP sweeps per sample, the keyframe and the K - 1 sweeps before it, for
-        denser training ground truth. Evaluation must use 1: the keyframe sweep alone is the
-        SurroundDepth protocol, and earlier sweeps smear moving objects.
-    cache_dir: where the projected LiDAR points are cached, one compressed .npz per sample
-        (default <dataroot>/fsmde_cache/<version>/); depth maps are rendered from it at load time.
-    augment: colour jitter (COLOR_JITTER) on each view of the student's input; training splits
-        only. The untouched images are returned too, as `images_teacher`.
-    """
-
-    def __init__(self, dataroot, version="v1.0-trainval", split="train",
-                 image_size=NUSCENES_IMAGE_SIZE, min_z=MIN_DEPTH, lidar_sweeps=1, cache_dir=None,
-                 augment=False):
-        if version not in NUSCENES_SPLITS:
-            raise DatasetError(f"unsupported nuScenes version {version!r}: use one of "
-                               f"{', '.join(NUSCENES_SPLITS)}")
-        if split not in NUSCENES_SPLITS[version]:
-            fits = [v for v, splits in NUSCENES_SPLITS.items() if split in splits]
-            hint = f" (split {split!r} belongs to {fits[0]})" if fits else ""
-            raise DatasetError(f"split {split!r} does not fit nuScenes {version}: use one of "
-                               f"{', '.join(NUSCENES_SPLITS[version])}{hint}")
-        if augment and split not in NUSCENES_TRAIN_SPLITS:
-            raise DatasetError(f"augment=True on split {split!r}: colour jitter is for training "
-                               f"splits only ({', '.join(NUSCENES_TRAIN_SPLITS)})")
-        if lidar_sweeps < 1:
-            raise DatasetError(f"lidar_sweeps={lidar_sweeps}: use 1 (the keyframe) or more")
-        if dataroot is None or not os.path.isdir(dataroot):
-            raise DatasetError(f"nuScenes dataroot {dataroot} not found: pass the folder that "
-                               f"holds {version}/, samples/, sweeps/ and maps/ as dataroot")
-        table_dir = os.path.join(dataroot, version)
-        if not os.path.isdir(table_dir):
-            found = sorted(v for v in NUSCENES_SPLITS if os.path.isdir(os.path.join(dataroot, v)))
-            raise DatasetError(f"nuScenes tables {table_dir} not found: extract the {version} "
-                               f"metadata archive into {dataroot}, or pass a version it has "
-                               f"({', '.join(found) or 'none'})")
-        from nuscenes.nuscenes import NuScenes  # devkit: heavy (matplotlib, cv2), imported on use
-        from nuscenes.utils.splits import create_splits_scenes
-
-        try:
-            nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
-        except (AssertionError, OSError, KeyError, ValueError) as error:  # bad JSON: ValueError
-            message = str(error).replace("\n", " ")
-            raise DatasetError(f"nuScenes tables in {table_dir} do not load ({message}): "
-                               f"re-extract the {version} metadata archive") from None
-        scene_names = set(create_splits_scenes()[split])
-        # Only the tables are kept, as plain arrays: no devkit object lives on in the dataset,
-        # so DataLoader workers neither copy nor pickle the (multi-GB for trainval) tables.
-        self.samples = []
-        for scene in nusc.scene:
-            token = scene["first_sample_token"] if scene["name"] in scene_names else ""
-            while token:
-                sample = nusc.get("sample", token)
-                self.samples.append(_index_sample(nusc, sample, lidar_sweeps))
-                token = sample["next"]
-        if not self.samples:
-            raise DatasetError(f"no scene of split {split!r} in {table_dir}: check the version")
-        self.dataroot, self.image_size, self.min_z = dataroot, tuple(image_size), min_z
-        self.lidar_sweeps, self.augment = lidar_sweeps, augment
-        cache_dir = cache_dir or os.path.join(dataroot, "fsmde_cache", version)
-        self.cache_dir = os.path.join(cache_dir, f"sweeps{lidar_sweeps}")
-        try:
-            os.makedirs(self.cache_dir, exist_ok=True)
-        except OSError:
-            raise DatasetError(f"cannot create the cache folder {self.cache_dir}: pass a writable "
-                               f"cache_dir") from None
-        if augment:
-            from torchvision.transforms import ColorJitter
-
-            self.jitter = ColorJitter(**COLOR_JITTER)
-
-    def __len__(self):
-        return len(self.samples)
-
-    def points(self, index):
-        """Per camera (P_n, 3) float64 (u, v, z) of sample `index`: native pixels and meters.
-
-        Read from the cache, or projected from the sweeps and cached (written to a temporary
-        file, then renamed: DataLoader workers never read a half-written file).
-        """
-        record = self.samples[index]
-        path = os.path.join(self.cache_dir, record["token"] + ".npz")
-        if os.path.isfile(path):
-            with np.load(path) as cached:
-                return _decode_points(cached)
-        from model import atomic_path  # the project's one atomic writer (model imports data)
-
-        arrays = _encode_points(_project_sweeps(record, self.dataroot))
-        with atomic_path(path) as tmp:  # tmp ends in .npz, so savez_compressed keeps the name
-            np.savez_compressed(tmp, **arrays)
-        return _decode_points(arrays)  # what the next load reads: first and later loads agree
-
-    def _load_image(self, path, native_size):
-        """(3, H, W) float32 in [0, 1] of a camera JPEG resized to image_size."""
-        if not os.path.isfile(path):
-            raise DatasetError(f"missing camera image {path}: extract the nuScenes 'samples' "
-                               f"archives into {self.dataroot}")
-        height, width = self.image_size
-        with Image.open(path) as image:
-            if image.size != (native_size[1], native_size[0]):
-                raise DatasetError(f"camera image {path} is {image.size[0]}x{image.size[1]}, "
-                                   f"its sample_data says {native_size[1]}x{native_size[0]}: "
-                                   f"re-extract it")
-            image = image.convert("RGB")
-            if image.size != (width, height):
-                # PIL widens the bilinear kernel when it shrinks: antialiased.
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.array(image)  # (H, W, 3) uint8
-        return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0  # (3, H, W)
-
-    def __getitem__(self, index):
-        record = self.samples[index]
-        height, width = self.image_size
-        images, depths, intrinsics = [], [], []
-        for n, (native, uvz) in enumerate(zip(record["image_sizes"], self.points(index))):
-            images.append(self._load_image(record["image_files"][n], native))
-            k_native = record["intrinsics"][n]
-            k = scale_intrinsics(k_native, width / native[1], height / native[0])  # (3, 3)
-            # Back to the camera frame, X = z K^-1 (u, v, 1), then render at the output size.
-            u, v, z = uvz.T
-            points_cam = np.stack([u * z, v * z, z], axis=1) @ np.linalg.inv(k_native).T  # (P, 3)
-            depths.append(render_sparse_depth(points_cam, k, height, width, self.min_z))
-            intrinsics.append(k)
-        item = {
-            "images": torch.stack(images),  # (N, 3, H, W)
-            "depth": torch.from_numpy(np.stack(depths)[:, None]),  # (N, 1, H, W)
-            "intrinsics": torch.from_numpy(np.stack(intrinsics)).float(),  # (N, 3, 3)
-            "cam_to_ego": torch.from_numpy(record["cam_to_ego"]).float(),  # (N, 4, 4)
-        }
-        if self.augment:
-            item["images_teacher"] = item["images"]
-            item["images"] = torch.stack([self.jitter(image) for image in images])  # per view
-        return item
+        return NuScenesSurround(dataroot, version=version or "v1.0-trainval", split=split, **size, **kwargs)
+    raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")

@@ -19,8 +19,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from data import CAMERAS, InputError, run_cli
-from model import atomic_path, load_checkpoint
+from cli import InputError, atomic_path, run_cli
+from model import load_checkpoint
+from rig import CAMERAS
 from viz import colorize, montage, save_png
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

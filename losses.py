@@ -10,10 +10,14 @@ section (the project's own formulation of the paper's abstract):
 - `border_tokens`         Eq. (12)  pooled, L2-normalised border-strip tokens of each view
 - `relational_kd`         Eqs. (13)-(14) VRKD from border tokens
 - `view_relational_kd`    Eqs. (12)-(14) VRKD from feature maps
+- `valid_mask`            the validity mask M, d_min < D* < d_max (losses and every metric)
+- `LossConfig`, `objective` Eq. (17) the whole training objective, in fp32 even under autocast
 
 Shapes: B batch, N views, K bins, C channels, (H, W) ground-truth resolution, (h, w) a feature
 or logit resolution. Depths are in meters. A `mask` is a bool tensor, True where a pixel counts.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +32,12 @@ FARNESS_Q_HI = 0.98
 LOG_DEPTH_FLOOR = 0.1
 # Keeps sqrt differentiable when the SILog variance is exactly 0 (loss <= 1e-5 there).
 SQRT_EPS = 1e-12
+
+
+def valid_mask(depth, min_depth, max_depth):
+    """The validity mask M: True where min_depth < depth < max_depth (meters). Works on torch
+    tensors and numpy arrays alike, so the losses and every metric of Eq. (18) share it."""
+    return (depth > min_depth) & (depth < max_depth)
 
 
 def silog(pred, target, mask, alpha=SILOG_ALPHA, lam=SILOG_LAMBDA):
@@ -127,7 +137,7 @@ def teacher_bin_probs(disparity, num_bins, sigma=None):
     return farness_bin_probs(normalised_farness(disparity), num_bins, sigma)
 
 
-def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0, kd_mask=None):
+def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0):
     """Cross-interaction knowledge distillation, Eqs. (8)-(11). Returns {'kd': L_kd, 'cross': L_cross}.
 
     logits:        (B, N, K, h, w) student bin logits z (Eq. 4).
@@ -135,7 +145,6 @@ def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0, 
     teacher_probs: (B, N, K, H, W) teacher bin probabilities P^T (Eq. 7), at ground-truth size.
     target, mask:  (B, N, 1, H, W) sparse ground truth D* in meters and its validity mask M.
     tau:           distillation temperature of Eq. (10).
-    kd_mask:       optional bool (B, N, 1, h, w): pixels Omega of Eq. (10); default all pixels.
 
     The teacher knows the ordering (which bin) but not the scale; the ground truth knows the
     scale at sparse points. CKD crosses the two, and L_CKD = L_kd + lambda_x L_cross (Eq. 11)
@@ -143,9 +152,10 @@ def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0, 
     """
     # Eq. (8): cross depth = teacher probabilities weighted by the student's metric centers.
     cross_depth = torch.einsum("bnkhw,bnk->bnhw", teacher_probs, centers).unsqueeze(2)  # (B, N, 1, H, W)
-    # Eq. (9): P^T is a constant (the teacher is frozen), so the gradient of L_cross reaches
-    # only the centers c, i.e. the bin-width head: it learns the metric depth of each of the
-    # teacher's slices from the ground truth. This is where the metric scale comes from.
+    # Eq. (9): P^T is a constant (the teacher is frozen), so the gradient of L_cross flows only
+    # through the centers c: into the bin-width MLP and, through GAP of the bottleneck (Eq. 2),
+    # into the encoder; never into the logit head or the decoder. The centers learn the metric
+    # depth of each of the teacher's slices from the ground truth: the metric scale.
     loss_cross = silog(cross_depth, target, mask)
 
     # Eq. (10): dense KL(P^T || softmax(z / tau)) at the logit resolution. Averaging P^T over
@@ -155,11 +165,7 @@ def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0, 
     p_t = F.adaptive_avg_pool2d(teacher_probs.flatten(0, 1), (h, w)).reshape(b, n, k, h, w)
     log_q = torch.log_softmax(logits / tau, dim=2)  # (B, N, K, h, w)
     kl = (torch.xlogy(p_t, p_t) - p_t * log_q).sum(dim=2, keepdim=True)  # (B, N, 1, h, w)
-    if kd_mask is None:
-        loss_kd = kl.mean()
-    else:
-        loss_kd = (kl * kd_mask).sum() / kd_mask.sum().clamp_min(1)
-    return {"kd": tau**2 * loss_kd, "cross": loss_cross}
+    return {"kd": tau**2 * kl.mean(), "cross": loss_cross}
 
 
 def border_tokens(feats, strip=0.25, grid=(4, 2)):
@@ -217,3 +223,66 @@ def view_relational_kd(student_feats, teacher_feats, pairs, strip=0.25, grid=(4,
     """
     return relational_kd(border_tokens(student_feats, strip, grid),
                          border_tokens(teacher_feats, strip, grid), pairs, tau)
+
+
+@dataclass
+class LossConfig:
+    """Hyperparameters of Eq. (17). The defaults are the project's (README, "Ablation").
+
+    pairs: the adjacent views A of Eq. (12), e.g. `rig.ADJACENT_PAIRS`.
+    min_depth, max_depth: d_min, d_max in meters, which define the validity mask M.
+    """
+
+    pairs: tuple
+    min_depth: float
+    max_depth: float
+    beta_bins: float = 0.0  # beta, weight of the bin chamfer of Eq. (16); AdaBins uses 0.1
+    lambda_ckd: float = 0.1  # weight of L_CKD in Eq. (17); 0 turns CKD off
+    lambda_cross: float = 1.0  # lambda_x, weight of L_cross inside L_CKD, Eq. (11)
+    tau: float = 1.0  # temperature of the bin KD, Eq. (10)
+    sigma: float = None  # width of the teacher's soft bins, Eq. (7); None: 1 / K
+    lambda_vr: float = 1.0  # weight of L_VRKD in Eq. (17); 0 turns VRKD off
+    vr_strip: float = 0.25  # border strip width ratio rho, Eq. (12)
+    vr_grid: tuple = (4, 2)  # (g_h, g_w) token grid per strip, Eq. (12)
+    vr_tau: float = 0.1  # temperature tau_v of the relation softmax, Eq. (13)
+    vr_student: str = "features"  # student tokens of Eq. (12): "features" or "probs" (P^S)
+
+
+def objective(out, target, cfg, farness=None, teacher_tokens=None):
+    """The training objective, Eq. (17):
+    L = L_si + beta L_bins + lambda_ckd (L_kd + lambda_x L_cross) + lambda_vr L_VRKD.
+
+    out: the student's outputs, {'depth' (B, N, 1, H, W) m, 'logits' (B, N, K, h, w),
+        'centers' (B, N, K) m, 'features' (B, N, C, h', w')}.
+    target: (B, N, 1, H, W) sparse ground truth D* in meters, 0 where there is none.
+    cfg: a LossConfig.
+    farness: (B, N, 1, H, W) the teacher's normalised farness s of Eq. (6); needed when
+        cfg.lambda_ckd > 0. P^T of Eq. (7) is built from it here.
+    teacher_tokens: (left, right) border tokens of the teacher, each (B, N, L, C_T), from
+        `border_tokens` (Eq. 12); needed when cfg.lambda_vr > 0.
+    Every term is computed in float32 with autocast off, whatever precision the forward ran in:
+    the einsums of Eqs. (5), (8) and (13) lose too much in bf16.
+    Returns (scalar loss, {term name: detached float32 scalar}) with the terms 'si', 'bins' and,
+    when switched on, 'kd', 'cross', 'vr'.
+    """
+    with torch.autocast(target.device.type, enabled=False):
+        out = {k: v.float() for k, v in out.items()}
+        target = target.float()
+        mask = valid_mask(target, cfg.min_depth, cfg.max_depth)  # M
+        terms = {"si": silog(out["depth"], target, mask)}  # Eq. (15)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.beta_bins > 0):  # beta = 0: logged only
+            terms["bins"] = bin_chamfer(out["centers"], target, mask)  # Eq. (16)
+        loss = terms["si"] + cfg.beta_bins * terms["bins"] if cfg.beta_bins > 0 else terms["si"]
+        if cfg.lambda_ckd > 0:
+            k = out["logits"].shape[2]
+            probs = farness_bin_probs(farness.float(), k, cfg.sigma)  # Eq. (7), (B, N, K, H, W)
+            ckd = cross_interaction_kd(out["logits"], out["centers"], probs, target, mask, tau=cfg.tau)
+            terms.update(ckd)
+            loss = loss + cfg.lambda_ckd * (ckd["kd"] + cfg.lambda_cross * ckd["cross"])  # Eq. (11)
+        if cfg.lambda_vr > 0:
+            feats = out["features"] if cfg.vr_student == "features" else torch.softmax(out["logits"], dim=2)
+            student_tokens = border_tokens(feats, cfg.vr_strip, tuple(cfg.vr_grid))  # Eq. (12)
+            teacher_tokens = tuple(t.float() for t in teacher_tokens)
+            terms["vr"] = relational_kd(student_tokens, teacher_tokens, cfg.pairs, cfg.vr_tau)  # Eq. (14)
+            loss = loss + cfg.lambda_vr * terms["vr"]
+    return loss, {k: v.detach() for k, v in terms.items()}

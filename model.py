@@ -11,10 +11,8 @@ Also defines `StudentConfig` (stored in every checkpoint), `Student.for_inferenc
 folded, channels_last), `infer_image` (one image in, metric depth out at its own resolution)
 and the atomic checkpoint I/O used by train/evaluate/infer.
 """
-import contextlib
 import copy
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +22,7 @@ import torch.nn.functional as F
 import torchvision
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from data import InputError
+from cli import InputError, atomic_path
 
 # ImageNet statistics that torchvision's ResNet weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,16 +81,16 @@ def hybrid_depth(logits, centers):
     return torch.einsum("...khw,...k->...hw", probs, centers).unsqueeze(-3)  # Eq. (5)
 
 
-def convex_upsample(depth, mask):
-    """Learned upsampling by a factor s: depth (M, 1, h, w) meters and mask (M, 6 s, h, w)
+def convex_upsample(depth, weight_logits):
+    """Learned upsampling by a factor s: depth (M, 1, h, w) meters and weight_logits (M, 6 s, h, w)
     logits -> depth (M, 1, s h, s w) meters.
 
     Each output pixel is a convex combination of the 3x3 coarse depths around its coarse pixel,
     as RAFT upsamples flow, with separable weights: sub-row i of a coarse pixel mixes its three
-    rows with a_i = softmax(mask[0:3s]), sub-column k its three columns with b_k =
-    softmax(mask[3s:6s]), and pixel (i, k) takes weight a_i[y] b_k[x] on neighbour (y, x). The
+    rows with a_i = softmax(weight_logits[0:3s]), sub-column k its three columns with b_k =
+    softmax(weight_logits[3s:6s]), and pixel (i, k) takes weight a_i[y] b_k[x] on neighbour (y, x). The
     weights are >= 0 and sum to 1. Channel order: row weights a_i[y] at c = y s + i, column
-    weights b_k[x] at c = 3 s + x s + k. Separable weights need 6 s mask channels instead of
+    weights b_k[x] at c = 3 s + x s + k. Separable weights need 6 s weight channels instead of
     RAFT's 9 s^2 (24 vs 144 at s = 4); with them the convex student runs within 1-2 % of the
     bilinear one at 6 x 352 x 640 (README, "Speed").
     A convex combination of hybrid depths is the hybrid depth (Eq. 5) of the same combination
@@ -100,11 +98,11 @@ def convex_upsample(depth, mask):
     resolution with P^S upsampled, at the cost of one channel instead of K. The border is
     replicated, so an edge pixel never mixes in zeros."""
     m, _, h, w = depth.shape
-    s = mask.shape[1] // 6
-    if mask.shape[1] != 6 * s or s < 1 or mask.shape[0] != m or mask.shape[-2:] != depth.shape[-2:]:
-        raise ValueError(f"convex_upsample: mask {tuple(mask.shape)} must be (M, 6 s, h, w) for depth "
+    s = weight_logits.shape[1] // 6
+    if weight_logits.shape[1] != 6 * s or s < 1 or weight_logits.shape[0] != m or weight_logits.shape[-2:] != depth.shape[-2:]:
+        raise ValueError(f"convex_upsample: weight_logits {tuple(weight_logits.shape)} must be (M, 6 s, h, w) for depth "
                          f"{tuple(depth.shape)}")
-    weights = torch.softmax(mask.contiguous().view(m, 2, 3, s, h, w), dim=2)  # over 3 rows / 3 columns
+    weights = torch.softmax(weight_logits.contiguous().view(m, 2, 3, s, h, w), dim=2)  # over 3 rows / 3 columns
     rows, cols = weights[:, 0], weights[:, 1]  # (M, 3, s, h, w): a_i[y], b_k[x]
     patches = F.unfold(F.pad(depth, (1, 1, 1, 1), mode="replicate"), 3).view(m, 3, 3, h, w)  # [y, x]
     mixed = torch.einsum("mxkhw,myxhw->mykhw", cols, patches)  # (M, 3, s, h, w): each row mixed across x
@@ -256,25 +254,6 @@ class Student(nn.Module):
                 for d, s in zip(depth, sizes)]
 
 
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside `path`; on success rename it onto `path` (os.replace is
-    atomic), on failure delete it. So an interrupted write never leaves a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the permissions open() would
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint(path, payload):
     """Write `payload` (a dict for torch.save) atomically to `path`."""
     with atomic_path(path) as tmp:
@@ -292,8 +271,7 @@ def load_checkpoint(path, device="cpu"):
                               "and pass DIR/checkpoint.pt")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        # checkpoints written before `upsample` existed were trained with bilinear upsampling
-        model = Student(StudentConfig(**{"upsample": "bilinear", **ckpt["config"]}))
+        model = Student(StudentConfig(**ckpt["config"]))
         model.load_state_dict(ckpt["model"])
     except Exception as err:  # a truncated/foreign file: one line, not a pickle traceback
         raise CheckpointError(f"{path}: not a readable student checkpoint ({err.__class__.__name__}: "

@@ -2,7 +2,7 @@
 
 Defines `SyntheticSurround`, the embedded default dataset that runs anywhere (no download).
 Each item is a fresh random world, deterministic given (split, index, seed), ray-cast with
-numpy into the six cameras of `data.CAMERAS` (the ring and overlap pairs A of the README's
+numpy into the six cameras of `rig.CAMERAS` (the ring and overlap pairs A of the README's
 "Setting"), with dense metric z-depth and sparse LiDAR-like ground truth D* (Eqs. 9, 15-19).
 
 The world: textured ground (asphalt noise, lane markings, sidewalks), 10-40 objects (cars,
@@ -18,10 +18,10 @@ rendered z-depth of that pixel, so the sparse and the dense ground truth agree e
 import numpy as np
 import torch
 
-from data import MAX_DEPTH, render_sparse_depth
+from rig import MAX_DEPTH, render_sparse_depth
 
 # --- the rig (ego frame: x forward, y left, z up; origin on the ground below the car center) ---
-CAM_YAW_DEG = (0.0, -55.0, -110.0, 180.0, 110.0, 55.0)  # in the order of data.CAMERAS
+CAM_YAW_DEG = (0.0, -55.0, -110.0, 180.0, 110.0, 55.0)  # in the order of rig.CAMERAS
 CAM_HFOV_DEG = (70.0, 70.0, 70.0, 110.0, 70.0, 70.0)  # CAM_BACK is wide, as in nuScenes
 CAM_HEIGHT = 1.5  # meters above the ground
 # Mounting points on a 4.5 m x 1.8 m car, meters (front, corners, back).
@@ -289,7 +289,7 @@ class SyntheticSurround(torch.utils.data.Dataset):
     split: 'train', 'val' or 'test' (disjoint seeds). image_size: (H, W), any size.
     seed: a global seed; length: items per split (default SPLIT_LENGTHS).
     Items: images (6, 3, H, W) in [0, 1]; depth, depth_dense (6, 1, H, W) meters, 0 = none;
-    intrinsics (6, 3, 3); cam_to_ego (6, 4, 4); all float32 tensors, cameras as data.CAMERAS.
+    intrinsics (6, 3, 3); cam_to_ego (6, 4, 4); all float32 tensors, cameras as rig.CAMERAS.
     """
 
     def __init__(self, split="train", image_size=DEFAULT_IMAGE_SIZE, seed=0, length=None):

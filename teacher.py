@@ -27,8 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import losses
-from data import InputError, run_cli
-from model import IMAGENET_MEAN, IMAGENET_STD, atomic_path  # the same statistics DA-V2 normalises with
+from cli import InputError, atomic_path, run_cli
+from model import IMAGENET_MEAN, IMAGENET_STD  # the same statistics DA-V2 normalises with
 
 # Pre-processing of DA-V2, from the `preprocessor_config.json` of the depth-anything/*-hf
 # checkpoints (DPTImageProcessor): ImageNet mean/std, bicubic resampling (resample=3), sides
@@ -291,6 +291,12 @@ class EmulatedTeacher(FrozenTeacher):
         return {"disparity": disparity.clone(), "features": features.clone()}  # ordinary tensors
 
 
+def default_teacher(data):
+    """The teacher `--teacher auto` means on dataset `data`: emulated on the synthetic world (no
+    weights there), Depth Anything V2 Small on real data."""
+    return "emulated" if data == "synthetic" else TEACHER_IDS["small"]
+
+
 def build_teacher(name, device="cpu", long_side=DEFAULT_LONG_SIDE):
     """The teacher named by `--teacher`: 'emulated' (or 'emulated:S', strength S), 'random-small'
     (or -base, -large) for timing, a size ('small', 'base', 'large'), a Hugging Face id, or a
@@ -373,26 +379,46 @@ def write_cache(teacher, dataset, folder, num_samples, strip, grid, device):
                         "right": right[0].half().cpu()}, tmp)
 
 
+def get_args(argv=None):
+    """The cache command line: the data, teacher and token flags of train.py that define a cache."""
+    from data import DATASETS, DEFAULT_IMAGE_SIZE
+
+    p = argparse.ArgumentParser(description="Write the teacher cache of a training split (Eqs. 6, 12).")
+    p.add_argument("--cache", action="store_true", help="write the teacher cache of the training split")
+    p.add_argument("--num-samples", type=int, default=2000, help="cache the first this many items of the split")
+    p.add_argument("--cache-root", default="outputs/teacher_cache", help="root folder of all caches")
+    p.add_argument("--data", default="synthetic", choices=DATASETS, help="dataset, as train.py --data")
+    p.add_argument("--dataroot", default=None, help="dataset root folder, as train.py --dataroot")
+    p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
+                   help="nuScenes version, as train.py --version")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="input size, as train.py --image-size (default: the dataset's)")
+    p.add_argument("--teacher", default="auto", help="teacher, as train.py --teacher")
+    p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
+    p.add_argument("--vr-grid", type=int, nargs=2, default=(4, 2), metavar=("GH", "GW"), help="token grid (Eq. 12)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic training worlds, as train.py --seed")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    args = p.parse_args(argv)
+    if not args.cache:
+        p.error("nothing to do: pass --cache (plus train.py's data and teacher flags)")
+    args.image_size = list(args.image_size or DEFAULT_IMAGE_SIZE[args.data])
+    if args.teacher == "auto":
+        args.teacher = default_teacher(args.data)
+    return args
+
+
 def main(argv=None):
     """`python teacher.py --cache ...`: the teacher cache of a split, keyed by teacher and size."""
     from data import build_dataset, split_name
-    from train import get_args
 
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--cache", action="store_true", help="write the teacher cache of the training split")
-    parser.add_argument("--num-samples", type=int, default=2000, help="cache the first this many items of the split")
-    parser.add_argument("--cache-root", default="outputs/teacher_cache", help="root folder of all caches")
-    ours, rest = parser.parse_known_args(argv)
-    if not ours.cache:
-        parser.error("nothing to do: pass --cache (plus train.py's data and teacher flags)")
-    args = get_args(rest)  # the same --data, --teacher, --image-size, --vr-* as train.py
+    args = get_args(argv)
     device = torch.device(args.device)
     split = split_name(args.data, args.version, "train")
     dataset = build_dataset(args.data, split, image_size=args.image_size, dataroot=args.dataroot,
                             version=args.version, seed=args.seed)
     teacher = build_teacher(args.teacher, device=device)
-    folder = cache_folder(ours.cache_root, teacher.name, args.image_size, args.vr_strip, args.vr_grid)
-    write_cache(teacher, dataset, folder, min(ours.num_samples, len(dataset)), args.vr_strip, args.vr_grid, device)
+    folder = cache_folder(args.cache_root, teacher.name, args.image_size, args.vr_strip, args.vr_grid)
+    write_cache(teacher, dataset, folder, min(args.num_samples, len(dataset)), args.vr_strip, args.vr_grid, device)
     print(f"teacher cache: {folder}  (train with --teacher-cache {folder})")
 
 

@@ -24,14 +24,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import losses
-from data import ADJACENT_PAIRS, MAX_DEPTH, MIN_DEPTH, NUSCENES_IMAGE_SIZE, build_dataset, run_cli, split_name
+from cli import run_cli
+from data import DATASETS, DEFAULT_IMAGE_SIZE, build_dataset, depth_range, split_name
 from evaluate import evaluate_model
 from model import Student, StudentConfig, load_checkpoint, save_checkpoint
-from synthetic import DEFAULT_IMAGE_SIZE as SYNTHETIC_IMAGE_SIZE
-from teacher import CachedTargets, build_teacher, distillation_targets
+from rig import ADJACENT_PAIRS
+from teacher import CachedTargets, build_teacher, default_teacher, distillation_targets
 
-# Default input size per dataset, (H, W): the synthetic demo size and SurroundDepth's nuScenes size.
-DEFAULT_IMAGE_SIZE = {"synthetic": SYNTHETIC_IMAGE_SIZE, "nuscenes": NUSCENES_IMAGE_SIZE}
 # Default training length per dataset: the synthetic demo takes ~5 minutes on 2 CPU cores.
 DEFAULT_STEPS = {"synthetic": 300, "nuscenes": 30000}
 # One-cycle schedule (Smith 2018, as AdaBins trains): warm up for this fraction of the steps
@@ -44,7 +43,7 @@ ONE_CYCLE_FINAL_DIV = 1e3
 def get_args(argv=None):
     """The command line; every flag has help, fixed sets of values are `choices`."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default="synthetic", choices=["synthetic", "nuscenes"], help="training data")
+    p.add_argument("--data", default="synthetic", choices=DATASETS, help="training data")
     p.add_argument("--dataroot", default=None, help="nuScenes root folder (holds samples/, sweeps/, v1.0-*/)")
     p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
                    help="nuScenes version; its splits are train/val or mini_train/mini_val")
@@ -105,7 +104,7 @@ def get_args(argv=None):
     if args.pretrained is None:
         args.pretrained = args.data == "nuscenes"
     if args.teacher == "auto":
-        args.teacher = "emulated" if args.data == "synthetic" else "depth-anything/Depth-Anything-V2-Small-hf"
+        args.teacher = default_teacher(args.data)
     args.image_size, args.vr_grid = list(args.image_size), list(args.vr_grid)
     try:  # StudentConfig checks the decoder flags; report its message as a usage error
         StudentConfig(decoder_channels=args.decoder_channels, feature_level=args.feature_level)
@@ -153,27 +152,13 @@ class StepSampler(torch.utils.data.Sampler):
         return (self.batch(s) for s in range(self.start, self.total))
 
 
-def total_loss(out, batch, args, farness=None, teacher_tokens=None):
-    """Eq. (17): L = L_si + beta L_bins + lambda_ckd (L_kd + lambda_x L_cross) + lambda_vr L_VRKD.
-    Returns (scalar loss, dict of every term as a float for logging)."""
-    target = batch["depth"]  # (B, N, 1, H, W) sparse D*
-    mask = (target > MIN_DEPTH) & (target < MAX_DEPTH)  # M
-    terms = {"si": losses.silog(out["depth"], target, mask)}  # Eq. (15)
-    with torch.set_grad_enabled(torch.is_grad_enabled() and args.beta_bins > 0):  # beta = 0: logged only, no graph
-        terms["bins"] = losses.bin_chamfer(out["centers"], target, mask)  # Eq. (16)
-    loss = terms["si"] + args.beta_bins * terms["bins"] if args.beta_bins > 0 else terms["si"]
-    if args.lambda_ckd > 0:
-        k = out["logits"].shape[2]  # the model's K (on --resume, the checkpoint's, whatever --num-bins says)
-        probs = losses.farness_bin_probs(farness, k, args.sigma)  # Eq. (7), (B, N, K, H, W)
-        ckd = losses.cross_interaction_kd(out["logits"], out["centers"], probs, target, mask, tau=args.tau)
-        terms.update(ckd)
-        loss = loss + args.lambda_ckd * (ckd["kd"] + args.lambda_cross * ckd["cross"])  # Eq. (11)
-    if args.lambda_vr > 0:
-        feats = out["features"] if args.vr_student == "features" else torch.softmax(out["logits"], dim=2)
-        student_tokens = losses.border_tokens(feats, args.vr_strip, tuple(args.vr_grid))
-        terms["vr"] = losses.relational_kd(student_tokens, teacher_tokens, ADJACENT_PAIRS, args.vr_tau)  # Eq. (14)
-        loss = loss + args.lambda_vr * terms["vr"]
-    return loss, {k: v.item() for k, v in terms.items()}
+def loss_config(args):
+    """The hyperparameters of Eq. (17) from the command line -> losses.LossConfig."""
+    d_min, d_max = depth_range(args.data)
+    return losses.LossConfig(pairs=ADJACENT_PAIRS, min_depth=d_min, max_depth=d_max, beta_bins=args.beta_bins,
+                             lambda_ckd=args.lambda_ckd, lambda_cross=args.lambda_cross, tau=args.tau,
+                             sigma=args.sigma, lambda_vr=args.lambda_vr, vr_strip=args.vr_strip,
+                             vr_grid=tuple(args.vr_grid), vr_tau=args.vr_tau, vr_student=args.vr_student)
 
 
 def drop_log_after(path, step):
@@ -272,7 +257,8 @@ def main(argv=None):
         if main_process:
             drop_log_after(os.path.join(args.out, "metrics.jsonl"), step)
     else:
-        cfg = StudentConfig(encoder=args.encoder, num_bins=args.num_bins, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH,
+        d_min, d_max = depth_range(args.data)
+        cfg = StudentConfig(encoder=args.encoder, num_bins=args.num_bins, min_depth=d_min, max_depth=d_max,
                             decoder_channels=tuple(args.decoder_channels), shared_bins=args.shared_bins,
                             feature_level=args.feature_level, logit_scale=args.logit_scale,
                             upsample=args.upsample, image_size=tuple(args.image_size))
@@ -285,6 +271,7 @@ def main(argv=None):
     amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)  # fp16 needs loss scaling
 
+    objective_cfg = loss_config(args)
     teacher = None
     if (args.lambda_ckd > 0 or args.lambda_vr > 0) and args.teacher_cache is None:
         teacher = build_teacher(args.teacher, device=device)
@@ -309,9 +296,9 @@ def main(argv=None):
         lr = one_cycle_lr(step, args.steps, args.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):  # the forward only
             out = net(batch["images"])
-            loss, terms = total_loss(out, batch, args, farness, tokens)
+        loss, terms = losses.objective(out, batch["depth"], objective_cfg, farness, tokens)  # Eq. (17), fp32
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -319,6 +306,7 @@ def main(argv=None):
         step += 1
         # Log.
         if main_process:
+            terms = {k: v.item() for k, v in terms.items()}
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()})
             log.write(json.dumps({"step": step, "lr": lr, "loss": loss.item(), **terms, "time": time.time()}) + "\n")
         # Validate and save.

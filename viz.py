@@ -9,9 +9,8 @@ Depth is coloured as inverse depth (near = bright), over a robust range that end
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data import CAMERAS
-from evaluate import back_project
-from model import atomic_path
+from cli import atomic_path
+from rig import CAMERAS, back_project
 from synthetic import CAR_LENGTH, CAR_WIDTH
 
 # Anchor colours of a perceptually ordered dark-to-bright map (black, purple, red, orange,
@@ -22,7 +21,7 @@ ROBUST_PERCENTILE = 95  # the top of the colour range, robust to a few very near
 MONTAGE_LAYOUT = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
                   ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
 NO_DEPTH_COLOR = (40, 40, 40)  # pixels without (ground-truth) depth
-# Bird's-eye view: one colour per camera in the order of data.CAMERAS (the first six colours
+# Bird's-eye view: one colour per camera in the order of rig.CAMERAS (the first six colours
 # of matplotlib's "tab10" palette), a square panel per method, a dark background.
 CAMERA_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
 BEV_PANEL_SIZE = 320  # pixels per side of one panel
@@ -73,7 +72,7 @@ def to_uint8(image):
 
 
 def montage(tiles):
-    """Six (H, W, 3) uint8 tiles in the order of data.CAMERAS -> one (2H, 3W, 3) picture of
+    """Six (H, W, 3) uint8 tiles in the order of rig.CAMERAS -> one (2H, 3W, 3) picture of
     the rig seen from above (front row FL F FR, back row BL B BR). Tiles may differ in size:
     each is resized to the first one's."""
     h, w = tiles[0].shape[:2]

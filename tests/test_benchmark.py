@@ -17,10 +17,3 @@ def test_speed_prints_a_table_per_model(capsys):
     assert re.search(r"\| student-fast \| [\d.]+ \| [\d.]+ \| [\d.]+ \| -?\d+ \| 1\.00x \|", out)
     assert "kd, cached targets" in out and "supervised" in out
 
-
-def test_evaluate_speed_is_the_same_benchmark(capsys):
-    import evaluate
-    rows = evaluate.main(["--speed", "--image-size", "32", "64", "--runs", "1", "--warmup", "0",
-                          "--models", "student-fast", "--train-runs", "0"])
-    assert [r["model"] for r in rows] == ["student-fast"]
-    assert "| student-fast |" in capsys.readouterr().out

@@ -5,16 +5,18 @@ import os
 import pytest
 import torch
 
+import losses
 import teacher
 import train
 from model import Student, StudentConfig
 from synthetic import SyntheticSurround
 
-SIZE = ["--image-size", "64", "96", "--num-bins", "16"]
+CACHE_SIZE = ["--image-size", "64", "96"]
+SIZE = CACHE_SIZE + ["--num-bins", "16"]
 
 
 def test_cached_targets_give_the_same_losses(tmp_path):
-    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path)] + SIZE)
+    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path)] + CACHE_SIZE)
     (folder,) = [tmp_path / d for d in os.listdir(tmp_path)]
     assert "emulated" in folder.name and "64x96" in folder.name  # keyed by teacher and size
     cached = teacher.CachedTargets(SyntheticSurround("train", image_size=(64, 96)), str(folder))
@@ -27,20 +29,21 @@ def test_cached_targets_give_the_same_losses(tmp_path):
         batch = {k: v[None] for k, v in cached[i].items()}
         out = model(batch["images"])
         farness, tokens = teacher.distillation_targets(live_teacher, batch, args.vr_strip, args.vr_grid)
-        _, live = train.total_loss(out, batch, args, farness, tokens)
-        _, from_cache = train.total_loss(out, batch, args, batch["teacher_farness"],
+        cfg = train.loss_config(args)
+        _, live = losses.objective(out, batch["depth"], cfg, farness, tokens)
+        _, from_cache = losses.objective(out, batch["depth"], cfg, batch["teacher_farness"],
                                          (batch["teacher_left"], batch["teacher_right"]))
         assert set(live) == {"si", "bins", "kd", "cross", "vr"}
         for k in live:
-            assert from_cache[k] == pytest.approx(live[k], rel=2e-3, abs=1e-4), k
+            assert from_cache[k].item() == pytest.approx(live[k].item(), rel=2e-3, abs=1e-4), k
         torch.testing.assert_close(batch["teacher_farness"], farness, atol=1e-3, rtol=0)  # fp16 of s in [0, 1]
 
 
 def test_cache_resumes_and_rejects_a_missing_folder(tmp_path):
-    teacher.main(["--cache", "--num-samples", "1", "--cache-root", str(tmp_path)] + SIZE)
+    teacher.main(["--cache", "--num-samples", "1", "--cache-root", str(tmp_path)] + CACHE_SIZE)
     (folder,) = [tmp_path / d for d in os.listdir(tmp_path)]
     first = (folder / "0000000.pt").stat().st_mtime_ns
-    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path)] + SIZE)
+    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path)] + CACHE_SIZE)
     assert (folder / "0000000.pt").stat().st_mtime_ns == first  # not recomputed
     assert (folder / "0000001.pt").exists()
     with pytest.raises(teacher.InputError, match="no teacher cache"):
@@ -48,7 +51,7 @@ def test_cache_resumes_and_rejects_a_missing_folder(tmp_path):
 
 
 def test_training_with_the_cache_runs_no_teacher(tmp_path, monkeypatch):
-    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path / "c")] + SIZE)
+    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path / "c")] + CACHE_SIZE)
     (folder,) = [tmp_path / "c" / d for d in os.listdir(tmp_path / "c")]
 
     def no_teacher(*args, **kwargs):
@@ -79,7 +82,7 @@ def test_vrkd_gradient_reaches_the_chosen_student_tokens(source):
     _, tokens = teacher.distillation_targets(teacher.build_teacher("emulated"), batch, args.vr_strip, args.vr_grid)
     out = model(batch["images"])
     args.beta_bins = 0.0  # whatever the default: no chamfer term either
-    out_loss, terms = train.total_loss(out, {"depth": batch["depth"] * 0}, args, None, tokens)  # no LiDAR: only L_VRKD acts
+    out_loss, terms = losses.objective(out, batch["depth"] * 0, train.loss_config(args), None, tokens)  # no LiDAR: only L_VRKD acts
     assert terms["vr"] > 0
     out_loss.backward()
     head = model.logit_head.weight.grad

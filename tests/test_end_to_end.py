@@ -13,7 +13,8 @@ from PIL import Image
 import evaluate
 import infer
 import train
-from data import CAMERAS, InputError
+from cli import InputError
+from rig import CAMERAS
 from model import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

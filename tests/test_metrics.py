@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import evaluate
-from data import CAMERAS, MAX_DEPTH
+from rig import CAMERAS, MAX_DEPTH
 
 # Hand-computed example. gt = 2, 4, 8, 10 m; pred = 2, 5.2, 4, 12 m.
 #   |g - p| / g        = 0, 0.3, 0.5, 0.2               -> abs_rel = 1.0 / 4  = 0.25

@@ -1,4 +1,4 @@
-"""Tests of `data.NuScenesSurround` on the tiny nuScenes dataroot of `nuscenes_fixture.py`.
+"""Tests of `nusc.NuScenesSurround` on the tiny nuScenes dataroot of `nuscenes_fixture.py`.
 
 The reference ground truth is computed here with the devkit's own chain (`LidarPointCloud`,
 `pyquaternion.Quaternion`, `view_points`, step by step as `map_pointcloud_to_image`) and an
@@ -16,11 +16,12 @@ import pytest
 import torch
 
 import data
+import nusc as loader  # the module; `nusc` names the devkit's NuScenes object below
 import nuscenes_fixture as fx
 
 NATIVE = (fx.IMAGE_HEIGHT, fx.IMAGE_WIDTH)
 FLOAT_TOL = 1e-3  # px: float rounding, ~1e-4 px at most in the LiDAR frame's float32
-CACHE_TOL = 1.0 / data.CACHE_SUBPIXEL  # native px: the cache's u, v quantisation step
+CACHE_TOL = 1.0 / loader.CACHE_SUBPIXEL  # native px: the cache's u, v quantisation step
 Z_RTOL = 1e-3  # relative: the cache's float16 depth rounds by < 2**-11
 MIN_WRONG_CHAIN_PX = 3  # px a known point must move under the wrong ego pose (a real test)
 MIN_POINTS_PER_VIEW = 1000  # the fixture's LiDAR puts >3,000 points in every view
@@ -44,7 +45,7 @@ def nusc(dataroot):
 
 def make(dataroot, split="mini_train", **kwargs):
     """The loader on the fixture."""
-    return data.NuScenesSurround(dataroot, version=fx.VERSION, split=split, **kwargs)
+    return loader.NuScenesSurround(dataroot, version=fx.VERSION, split=split, **kwargs)
 
 
 @contextlib.contextmanager
@@ -94,7 +95,7 @@ def devkit_points(nusc, sample_token, channel, image_size=NATIVE, nsweeps=1):
     return uv[0].astype(np.float64), uv[1].astype(np.float64), points[2].astype(np.float64)
 
 
-def reference_depth(u, v, z, height, width, min_z=data.MIN_DEPTH):
+def reference_depth(u, v, z, height, width, min_z=loader.MIN_DEPTH):
     """(height, width) nearest-wins depth of points (u, v, z); pixel i covers [i, i + 1)."""
     iu, iv = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
     keep = (z > min_z) & (iu >= 0) & (iu < width) & (iv >= 0) & (iv < height)
@@ -104,7 +105,7 @@ def reference_depth(u, v, z, height, width, min_z=data.MIN_DEPTH):
     return depth.reshape(height, width)
 
 
-def assert_depth_from_points(depth, u, v, z, tol, min_z=data.MIN_DEPTH):
+def assert_depth_from_points(depth, u, v, z, tol, min_z=loader.MIN_DEPTH):
     """Check a loader depth map against reference points (u, v, z) at its resolution.
 
     tol (px): how far a reference point may be from the pixel the loader put it in.
@@ -144,7 +145,7 @@ def test_item_format_camera_order_and_calibration(dataroot, nusc):
     size = (90, 160)
     dataset = make(dataroot, image_size=size)
     item = dataset[0]
-    n, (h, w) = len(data.CAMERAS), size
+    n, (h, w) = len(loader.CAMERAS), size
     assert set(item) == {"images", "depth", "intrinsics", "cam_to_ego"}
     expected = {"images": (n, 3, h, w), "depth": (n, 1, h, w), "intrinsics": (n, 3, 3),
                 "cam_to_ego": (n, 4, 4)}
@@ -153,7 +154,7 @@ def test_item_format_camera_order_and_calibration(dataroot, nusc):
     assert 0.0 <= item["images"].min() and item["images"].max() <= 1.0
     assert (item["depth"] >= 0).all() and (item["depth"] > 0).sum() > 0
     sample = nusc.get("sample", dataset.samples[0]["token"])
-    for i, channel in enumerate(data.CAMERAS):
+    for i, channel in enumerate(loader.CAMERAS):
         # Camera i is the JPEG whose red level the fixture set for camera i.
         red = item["images"][i, 0].mean().item() * 255
         assert abs(red - fx.RED_LEVELS[i]) < 10, (channel, red)
@@ -179,7 +180,7 @@ def test_depth_matches_devkit_projection(dataroot, nusc, size, tol):
         dataset = make(dataroot, split=split, image_size=size)
         for index in range(len(dataset)):
             depth = dataset[index]["depth"][:, 0].numpy()  # (N, H, W)
-            for n, channel in enumerate(data.CAMERAS):
+            for n, channel in enumerate(loader.CAMERAS):
                 u, v, z = devkit_points(nusc, dataset.samples[index]["token"], channel, size)
                 assert_depth_from_points(depth[n], u, v, z, tol)
 
@@ -192,7 +193,7 @@ def test_known_points_land_on_their_pixel(dataroot, nusc):
         sy, sx = size[0] / NATIVE[0], size[1] / NATIVE[1]
         for scene, index, channel, u, v, z in fx.KNOWN_POINTS:
             assert scene == fx.TRAIN_SCENE
-            n = data.CAMERAS.index(channel)
+            n = loader.CAMERAS.index(channel)
             depth = dataset[index]["depth"][n, 0].numpy()
             row, col = int(np.floor(v * sy)), int(np.floor(u * sx))
             assert depth[row, col] == pytest.approx(z, rel=Z_RTOL), (channel, size)
@@ -222,12 +223,12 @@ def test_splits_select_their_scenes(dataroot, nusc):
                                  version=fx.VERSION)
     assert len(dataset) == fx.SAMPLES_PER_SCENE
     batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=2)))
-    assert batch["images"].shape == (2, len(data.CAMERAS), 3, 90, 160)
+    assert batch["images"].shape == (2, len(loader.CAMERAS), 3, 90, 160)
 
 
 def one_line_error(call, *needles):
     """Run call(), expect a one-line DatasetError that mentions every needle."""
-    with pytest.raises(data.DatasetError) as error:
+    with pytest.raises(loader.DatasetError) as error:
         call()
     message = str(error.value)
     assert "\n" not in message
@@ -237,7 +238,7 @@ def one_line_error(call, *needles):
 
 def test_mismatched_split_is_a_clear_error(dataroot):
     one_line_error(lambda: make(dataroot, split="val"), "'val'", fx.VERSION, "mini_train")
-    one_line_error(lambda: data.NuScenesSurround(dataroot, version="v1.0-trainval",
+    one_line_error(lambda: loader.NuScenesSurround(dataroot, version="v1.0-trainval",
                                                  split="mini_val"), "'mini_val'", "v1.0-mini")
     one_line_error(lambda: make(dataroot, split="mini_val", augment=True), "augment")
 
@@ -246,7 +247,7 @@ def test_bad_inputs_are_clear_errors(dataroot, tmp_path):
     missing = tmp_path / "no_nuscenes_here"
     one_line_error(lambda: make(str(missing)), missing)
     one_line_error(lambda: data.build_dataset("nuscenes", "train", dataroot=None), "dataroot")
-    one_line_error(lambda: data.NuScenesSurround(dataroot, version="v1.0-trainval"),
+    one_line_error(lambda: loader.NuScenesSurround(dataroot, version="v1.0-trainval"),
                    os.path.join(dataroot, "v1.0-trainval"), fx.VERSION)
     dataset = make(dataroot, image_size=(90, 160), cache_dir=str(tmp_path / "cache"))
     record = dataset.samples[1]
@@ -268,7 +269,7 @@ def test_cache_is_written_once_then_read(dataroot, tmp_path, monkeypatch):
     def no_lidar(*args):
         raise AssertionError("the LiDAR was read again instead of the cache")
 
-    monkeypatch.setattr(data, "_project_sweeps", no_lidar)
+    monkeypatch.setattr(loader, "_project_sweeps", no_lidar)
     second = make(dataroot, image_size=(225, 400), cache_dir=str(tmp_path))
     assert torch.equal(second[1]["depth"], depth)
     default = make(dataroot)
@@ -278,8 +279,8 @@ def test_cache_is_written_once_then_read(dataroot, tmp_path, monkeypatch):
 def test_cache_round_trip_and_size(dataroot, tmp_path):
     """Encoding keeps floor(u), floor(v) at native resolution and z to float16; size in budget."""
     dataset = make(dataroot, cache_dir=str(tmp_path))
-    projected = data._project_sweeps(dataset.samples[0], dataroot)
-    decoded = data._decode_points(data._encode_points(projected))
+    projected = loader._project_sweeps(dataset.samples[0], dataroot)
+    decoded = loader._decode_points(loader._encode_points(projected))
     for exact, cached in zip(projected, decoded):
         assert exact.shape == cached.shape and len(exact) > MIN_POINTS_PER_VIEW
         np.testing.assert_array_equal(np.floor(cached[:, :2]), np.floor(exact[:, :2]))
@@ -304,8 +305,8 @@ def test_two_sweeps_add_the_earlier_sweep(dataroot, nusc, tmp_path):
     assert (depth_two > 0).sum() >= (depth_one > 0).sum()
     # And the accumulated ground truth is the devkit's from_file_multisweep, projected.
     token = two.samples[1]["token"]
-    for n, channel in enumerate(data.CAMERAS):
-        u, v, z = devkit_points(nusc, token, channel, data.NUSCENES_IMAGE_SIZE, nsweeps=2)
+    for n, channel in enumerate(loader.CAMERAS):
+        u, v, z = devkit_points(nusc, token, channel, loader.NUSCENES_IMAGE_SIZE, nsweeps=2)
         assert_depth_from_points(depth_two[n, 0].numpy(), u, v, z,
                                  CACHE_TOL * 352 / 900 + FLOAT_TOL)
 

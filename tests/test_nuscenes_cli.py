@@ -19,9 +19,10 @@ def dataroot(tmp_path_factory):
 
 
 def test_cache_train_and_evaluate_on_nuscenes(dataroot, tiny_folder, tmp_path):
-    common = ["--data", "nuscenes", "--dataroot", str(dataroot), "--version", "v1.0-mini", "--image-size", "64", "96",
-              "--no-pretrained", "--num-bins", "16", "--teacher", str(tiny_folder)]
-    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path / "cache")] + common)
+    data = ["--data", "nuscenes", "--dataroot", str(dataroot), "--version", "v1.0-mini", "--image-size", "64", "96",
+            "--teacher", str(tiny_folder)]
+    common = data + ["--no-pretrained", "--num-bins", "16"]
+    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path / "cache")] + data)
     (folder,) = [tmp_path / "cache" / d for d in os.listdir(tmp_path / "cache")]
     assert len([f for f in os.listdir(folder) if f.endswith(".pt")]) == 2
     run_args = ["--steps", "2", "--batch-size", "1", "--val-samples", "1", "--workers", "0"]

@@ -1,4 +1,4 @@
-"""Tests of synthetic.py (the procedural surround benchmark) and data.render_sparse_depth.
+"""Tests of synthetic.py (the procedural surround benchmark) and rig.render_sparse_depth.
 
 - determinism: an item is a function of (split, index, seed), and different ones differ;
 - item keys, shapes, dtypes and value ranges; intrinsics equal camera_rig at the item's size;
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import synthetic
-from data import ADJACENT_PAIRS, CAMERAS, MAX_DEPTH, MIN_DEPTH, render_sparse_depth
+from rig import ADJACENT_PAIRS, CAMERAS, MAX_DEPTH, MIN_DEPTH, render_sparse_depth
 
 SIZE = (48, 80)
 

@@ -1,0 +1,117 @@
+"""The camera ring and its geometry, shared by every dataset, the metrics and the pictures.
+
+Defines
+- `CAMERAS` and `ADJACENT_PAIRS`: the ring order and the overlap pairs A of the README's method
+  section ("Setting"), used by the view-relational KD, Eqs. (12)-(14), and by Eq. (20).
+- `MIN_DEPTH`, `MAX_DEPTH`: the default depth range d_min, d_max of Eqs. (3) and (18)
+  (nuScenes and the synthetic world; a dataset may declare its own, see `data.depth_range`).
+- `render_sparse_depth`: camera-frame points -> sparse depth map, nearest point wins (how the
+  LiDAR ground truth D* is made, for the synthetic LiDAR, nuScenes and DDAD alike).
+- `scale_intrinsics`: intrinsics of a resized image.
+- `back_project`, `project`, `sample_depth`: pixels -> ego-frame points -> pixels of another
+  camera, and the depth there: the lifting of Eq. (20), the bird's-eye figure and point clouds.
+
+Conventions: camera frame x right, y down, z forward; ego frame x forward, y left, z up;
+pixel (v, u) covers [u, u + 1) x [v, v + 1), so its center is (u + 0.5, v + 0.5).
+"""
+import numpy as np
+
+# Ring order of the README's "Setting": clockwise seen from above, starting at the front.
+# (nuScenes names; other datasets map their cameras onto this order, e.g. DDAD's 01, 06, 08, 09, 07, 05.)
+CAMERAS = (
+    "CAM_FRONT",
+    "CAM_FRONT_RIGHT",
+    "CAM_BACK_RIGHT",
+    "CAM_BACK",
+    "CAM_BACK_LEFT",
+    "CAM_FRONT_LEFT",
+)
+# The overlap pairs A: the right border of camera n sees what the left border of n+1 sees.
+ADJACENT_PAIRS = tuple((n, (n + 1) % len(CAMERAS)) for n in range(len(CAMERAS)))
+
+# Depth range d_min..d_max of Eqs. (3) and (18): the nuScenes evaluation cap of SurroundDepth.
+MIN_DEPTH = 0.1
+MAX_DEPTH = 80.0
+
+
+def render_sparse_depth(points_cam, intrinsics, height, width, min_z=MIN_DEPTH):
+    """Sparse depth map D* from 3-D points in a camera frame (the LiDAR ground truth).
+
+    points_cam: (P, 3) float, meters, camera frame (x right, y down, z forward).
+    intrinsics: (3, 3) pixel intrinsics at (height, width).
+    Returns (height, width) float32 z-depth in meters, 0 where no point lands. Points with
+    z <= min_z or outside the image are dropped; where several land in one pixel, the nearest
+    one wins.
+    """
+    points_cam = np.asarray(points_cam, dtype=np.float64)
+    depth = np.zeros((height, width), dtype=np.float32)
+    z = points_cam[:, 2]
+    front = z > min_z
+    pts, z = points_cam[front], z[front]
+    uvw = pts @ np.asarray(intrinsics, dtype=np.float64).T  # (P, 3)
+    u = np.floor(uvw[:, 0] / z).astype(np.int64)  # pixel column; pixel centers at +0.5
+    v = np.floor(uvw[:, 1] / z).astype(np.int64)
+    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    u, v, z = u[inside], v[inside], z[inside]
+    # Write far to near, so that the nearest point in each pixel is written last and wins.
+    order = np.argsort(-z, kind="stable")
+    depth[v[order], u[order]] = z[order]
+    return depth
+
+
+def scale_intrinsics(intrinsics, sx, sy):
+    """Intrinsics (..., 3, 3) of an image resized by sx horizontally and sy vertically."""
+    k = np.array(intrinsics, dtype=np.float64, copy=True)
+    k[..., 0, :] *= sx
+    k[..., 1, :] *= sy
+    return k
+
+
+def back_project(depth, intrinsics, cam_to_ego):
+    """Eq. (20), lifting: every pixel center of every view to a 3-D point in the ego frame.
+
+    depth (N, H, W) z-depth in meters; intrinsics (N, 3, 3) pixel intrinsics at (H, W), pixel
+    (v, u) covering [u, u + 1) x [v, v + 1) so its center is (u + 0.5, v + 0.5); cam_to_ego
+    (N, 4, 4) (camera x right, y down, z forward). Returns (N, H, W, 3) ego points, meters.
+    """
+    depth = np.asarray(depth, dtype=np.float64)
+    _, h, w = depth.shape
+    v, u = np.mgrid[0:h, 0:w]
+    centers = np.stack([u + 0.5, v + 0.5, np.ones((h, w))], axis=-1)  # (H, W, 3)
+    rays = np.einsum("nij,hwj->nhwi", np.linalg.inv(intrinsics), centers)  # (N, H, W, 3), z = 1
+    points = rays * depth[..., None]  # (N, H, W, 3) camera frame
+    pose = np.asarray(cam_to_ego, dtype=np.float64)
+    return np.einsum("nij,nhwj->nhwi", pose[:, :3, :3], points) + pose[:, None, None, :3, 3]
+
+
+def project(points, intrinsics, cam_to_ego, height, width):
+    """Eq. (20), projection: ego points (P, 3) into one camera (intrinsics (3, 3), cam_to_ego
+    (4, 4)) -> z-depth (P,) meters, pixel coordinates (u, v) (P, 2) (pixel centers at
+    i + 0.5; (0.5, 0.5) where outside), and a mask (P,) of points with z > 0 inside the image."""
+    ego_to_cam = np.linalg.inv(cam_to_ego)
+    cam = points @ ego_to_cam[:3, :3].T + ego_to_cam[:3, 3]  # (P, 3)
+    z = cam[:, 2]
+    front = z > 0
+    uv = (cam @ np.asarray(intrinsics, dtype=np.float64).T)[:, :2] / np.where(front, z, 1.0)[:, None]  # (P, 2)
+    inside = front & (uv[:, 0] >= 0) & (uv[:, 0] < width) & (uv[:, 1] >= 0) & (uv[:, 1] < height)
+    return z, np.where(inside[:, None], uv, 0.5), inside
+
+
+def sample_depth(depth, uv):
+    """Eq. (20), lookup: depth (H, W) meters at pixel coordinates uv (P, 2) -> (P,) meters and
+    a mask (P,) of samples whose four neighbouring pixels all have depth > 0.
+
+    Bilinear in inverse depth between the four nearest pixel centers (edge pixels repeated at
+    the border): inverse depth is affine in (u, v) on a plane, so a planar surface is sampled
+    exactly, where a nearest-pixel lookup is off by the depth change over half a pixel (~0.3 %
+    on average on the synthetic overlaps at 96 x 160: ground at grazing angles).
+    """
+    h, w = depth.shape
+    x, y = np.clip(uv[:, 0] - 0.5, 0, w - 1), np.clip(uv[:, 1] - 0.5, 0, h - 1)  # pixel-center grid
+    x0, y0 = np.minimum(np.floor(x).astype(np.int64), w - 2), np.minimum(np.floor(y).astype(np.int64), h - 2)
+    fx, fy = x - x0, y - y0
+    corners = np.stack([depth[y0, x0], depth[y0, x0 + 1], depth[y0 + 1, x0], depth[y0 + 1, x0 + 1]])  # (4, P)
+    weights = np.stack([(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy])  # (4, P)
+    valid = (corners > 0).all(axis=0)
+    inverse = (weights / np.where(corners > 0, corners, 1.0)).sum(axis=0)  # (P,) 1 / meters
+    return 1.0 / inverse, valid
