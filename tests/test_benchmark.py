@@ -1,11 +1,11 @@
-"""`benchmark.py speed` on a tiny input: a well-formed table with one row per model (not timed)."""
+"""`benchmark.py speed` (speed.py) on a tiny input: a well-formed table with one row per model (not timed)."""
 import re
 
-import benchmark
+import speed
 
 
 def test_speed_prints_a_table_per_model(capsys):
-    rows = benchmark.speed(["--image-size", "32", "64", "--runs", "1", "--warmup", "0",
+    rows = speed.speed(["--image-size", "32", "64", "--runs", "1", "--warmup", "0",
                             "--models", "student", "student-fast", "da-v2-small", "student-train-step", "--train-size", "32", "64", "--train-runs", "1"])
     assert [r["model"] for r in rows] == ["student", "student-fast", "da-v2-small", "student-train-step"]
     assert all(r["median_s"] > 0 and r["params_m"] > 0 for r in rows)
