@@ -7,7 +7,9 @@
 The loop in `main` reads top to bottom: data, teacher targets, forward, losses, backward,
 step, log, validate, save. The schedule (`one_cycle_lr`), the loss (`total_loss`) and the
 batch order (`StepSampler`) are small pure pieces. Checkpoints are written atomically and
-hold the StudentConfig, weights, optimizer state, step and args; `--resume` continues exactly.
+hold the StudentConfig, weights, optimizer and GradScaler states, random streams, step and args;
+`--resume` continues exactly (`SeededItems` seeds each item's augmentation by its place in the
+stream). A fresh run refuses an --out that holds a run (run_state.py).
 """
 import argparse
 import json
@@ -24,11 +26,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import losses
-from cli import run_cli
+from cli import run_cli, write_text
 from data import DATASETS, DEFAULT_IMAGE_SIZE, build_dataset, depth_range, split_name
 from evaluate import evaluate_model
 from model import Student, StudentConfig, load_checkpoint, save_checkpoint
 from rig import ADJACENT_PAIRS
+from run_state import check_out, drop_log_after, rng_state, set_rng_state
 from teacher import CachedTargets, build_teacher, default_teacher, distillation_targets
 
 # Default training length per dataset: the synthetic demo takes ~5 minutes on 2 CPU cores.
@@ -87,7 +90,8 @@ def get_args(argv=None):
     p.add_argument("--vr-tau", type=float, default=0.1, help="temperature tau_v of the relation softmax (Eq. 13)")
     p.add_argument("--val-every", type=int, default=100, help="validate and save every this many steps")
     p.add_argument("--val-samples", type=int, default=16, help="validation surround samples")
-    p.add_argument("--out", default="outputs/run", help="folder for checkpoint.pt, args.json, metrics.jsonl")
+    p.add_argument("--out", default="outputs/run",
+                   help="folder for checkpoint.pt, args.json, metrics.jsonl; a fresh run refuses one that holds a run")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, batch order and synthetic worlds")
     p.add_argument("--workers", type=int, default=1, help="DataLoader worker processes (0: load in the main process)")
@@ -135,12 +139,15 @@ class StepSampler(torch.utils.data.Sampler):
     def __len__(self):
         return self.total - self.start
 
-    def batch(self, step):
-        """Indices (batch_size,) of step `step` on this rank: its slice of the global batch of
-        world * batch_size positions in the endless stream of epochs (as DistributedSampler shards)."""
+    def positions(self, step):
+        """Positions of step `step` on this rank in the endless stream of epochs: its slice of the
+        global batch of world * batch_size positions (as DistributedSampler shards)."""
         first = (step * self.world + self.rank) * self.b
-        positions = range(first, first + self.b)
-        return [int(self.permutation(p // self.n)[p % self.n]) for p in positions]
+        return range(first, first + self.b)
+
+    def batch(self, step):
+        """Dataset indices (batch_size,) of step `step` on this rank."""
+        return [int(self.permutation(p // self.n)[p % self.n]) for p in self.positions(step)]
 
     def permutation(self, epoch):
         """The order of the items in `epoch` (the last one is kept: a batch rarely spans two)."""
@@ -149,7 +156,34 @@ class StepSampler(torch.utils.data.Sampler):
         return self._order
 
     def __iter__(self):
-        return (self.batch(s) for s in range(self.start, self.total))
+        """Per step, the keys [(augmentation seed, dataset index)] that SeededItems reads."""
+        for s in range(self.start, self.total):
+            # The item at position p is augmented with seed_of(seed, p): a resumed run, any worker
+            # and any rank draw the same colour jitter for it; other positions (ranks, steps) draw others.
+            yield [(seed_of(self.seed, p), i) for p, i in zip(self.positions(s), self.batch(s))]
+
+
+def seed_of(*keys):
+    """A 32-bit seed that is a pure function of the integers `keys` (numpy's SeedSequence)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """`dataset` read through StepSampler's keys: item (seed, index) is dataset[index] drawn with
+    torch's global generator seeded by `seed` (the colour jitter of nusc.py draws from it), and
+    the caller's random stream is left untouched, in the main process as in a worker."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        seed, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
 
 
 def loss_config(args):
@@ -161,13 +195,16 @@ def loss_config(args):
                              vr_grid=tuple(args.vr_grid), vr_tau=args.vr_tau, vr_student=args.vr_student)
 
 
-def drop_log_after(path, step):
-    """On resume, forget log lines of steps after the checkpoint (a crashed run wrote them)."""
-    if os.path.exists(path):
-        with open(path) as f:
-            keep = [line for line in f if json.loads(line)["step"] <= step]
-        with open(path, "w") as f:
-            f.writelines(keep)
+def distribute(model, device, world):
+    """The network the loop runs: `model` itself on one process; under torchrun its BatchNorms
+    become SyncBatchNorm (batch statistics over all ranks' samples, so 2 ranks x batch 1 normalise
+    like 1 x batch 2) and it is wrapped in DDP (gradients averaged across ranks). SyncBatchNorm
+    runs on GPUs only (torch raises on CPU tensors), so CPU/gloo runs keep per-rank statistics."""
+    if world == 1:
+        return model
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model)
 
 
 def setup_distributed(device):
@@ -188,11 +225,15 @@ def validate(model, val_set, device, rank, world):
     """Sparse-ground-truth metrics of the validation set; under torchrun each rank scores its
     shard and the metrics are averaged across ranks, weighted by their sample counts."""
     shard = torch.utils.data.Subset(val_set, range(rank, len(val_set), world))
-    results = evaluate_model(model, shard, device, progress=False)
-    parts = [(results["all"]["sparse"], results["num_samples"])]
+    part = (None, 0)  # a rank past the last sample (fewer samples than ranks) scores nothing
+    if len(shard):
+        results = evaluate_model(model, shard, device, progress=False)
+        part = (results["all"]["sparse"], results["num_samples"])
+    parts = [part]
     if world > 1:
         parts = [None] * world
-        dist.all_gather_object(parts, (results["all"]["sparse"], results["num_samples"]))
+        dist.all_gather_object(parts, part)
+    parts = [(m, n) for m, n in parts if n > 0]
     total = sum(n for _, n in parts)
     return {k: sum(m[k] * n for m, n in parts) / total for k in parts[0][0]}
 
@@ -223,6 +264,7 @@ def restore_args(args, saved, cfg):
 
 def main(argv=None):
     args = get_args(argv)
+    check_out(args.out, args.resume)  # before torchrun's rendezvous: every rank checks before any writes
     rank, world, device = setup_distributed(torch.device(args.device))
     main_process = rank == 0  # only rank 0 writes checkpoints, logs and progress bars
     os.makedirs(args.out, exist_ok=True)
@@ -253,7 +295,6 @@ def main(argv=None):
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
-        torch.set_rng_state(ckpt["rng"])
         if main_process:
             drop_log_after(os.path.join(args.out, "metrics.jsonl"), step)
     else:
@@ -265,11 +306,12 @@ def main(argv=None):
         model = Student(cfg, pretrained=args.pretrained).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     if main_process:
-        with open(os.path.join(args.out, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=2)
-    net = DistributedDataParallel(model) if world > 1 else model  # gradients all-reduced across ranks
+        write_text(os.path.join(args.out, "args.json"), json.dumps(vars(args), indent=2))
+    net = distribute(model, device, world)
     amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)  # fp16 needs loss scaling
+    if args.resume and "scaler" in ckpt:  # the fp16 loss scale the run had reached (older checkpoints lack it)
+        scaler.load_state_dict(ckpt["scaler"])
 
     objective_cfg = loss_config(args)
     teacher = None
@@ -279,9 +321,13 @@ def main(argv=None):
         train_set = CachedTargets(train_set, args.teacher_cache)
 
     sampler = StepSampler(len(train_set), args.batch_size, args.seed, step, args.steps, rank, world)
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
-                                         pin_memory=device.type == "cuda", persistent_workers=False)
-    log = open(os.path.join(args.out, "metrics.jsonl"), "a") if main_process else None
+    workers_seed = torch.Generator().manual_seed(seed_of(args.seed, step, rank))  # not drawn from the global one
+    loader = torch.utils.data.DataLoader(SeededItems(train_set), batch_sampler=sampler, num_workers=args.workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=False,
+                                         generator=workers_seed)
+    log = open(os.path.join(args.out, "metrics.jsonl"), "a", buffering=1) if main_process else None  # per line
+    if args.resume:  # the random streams as the checkpoint left them, just before its next step
+        set_rng_state(ckpt["rng"], device)
     bar = tqdm(loader, total=args.steps, initial=step, desc="train", dynamic_ncols=True, disable=not main_process)
     model.train()
     for batch in bar:
@@ -318,7 +364,7 @@ def main(argv=None):
                 bar.write(f"step {step}: val abs_rel {metrics['abs_rel']:.4f} rmse {metrics['rmse']:.3f} a1 {metrics['a1']:.3f}")
                 save_checkpoint(ckpt_path, {"config": asdict(model.cfg), "model": model.state_dict(),
                                             "optimizer": optimizer.state_dict(), "step": step, "args": vars(args),
-                                            "rng": torch.get_rng_state()})
+                                            "rng": rng_state(device), "scaler": scaler.state_dict()})
     if main_process:
         log.close()
     if world > 1:
