@@ -4,13 +4,19 @@
 
 Takes an image file, a folder of images, or a .txt list of image paths. For each image it
 writes `<name>_depth.npy` (float32 meters at the original resolution) and `<name>_depth.png`
-(inverse depth colour-mapped over a robust range) into --out. When the inputs hold the six
-nuScenes camera names (e.g. `..._CAM_FRONT_LEFT_...jpg` or `CAM_FRONT_LEFT.png`), it also
-writes `surround_depth.png` laid out like the rig: FL F FR over BL B BR. Files it wrote
-itself, non-images and corrupt images are skipped with one line each; nothing is written over
+(inverse depth colour-mapped over a robust range) into --out. <name> is the file's stem; inputs
+that share a stem (a/CAM_FRONT.jpg, b/CAM_FRONT.jpg in a list) are told apart by their folder
+(`a_CAM_FRONT`, `b_CAM_FRONT`), then by a counter (`_2`, `_3`, ...) in input order, so no
+output overwrites another. When the inputs hold the six nuScenes camera names (e.g.
+`..._CAM_FRONT_LEFT_...jpg` or `CAM_FRONT_LEFT.png`), it also writes montages laid out like the
+rig, FL F FR over BL B BR: the k-th image of each camera, in input order, goes into montage k
+(`surround_depth.png`, then `surround_2_depth.png`, ...); images of a camera beyond the last full
+set of six are named in one line, never dropped in silence. Files it wrote itself, non-images,
+corrupt images and a path listed twice are skipped with one line each; nothing is written over
 an input, and every output appears whole or not at all. Exits non-zero if nothing was processed.
 """
 import argparse
+import collections
 import os
 import re
 
@@ -51,6 +57,36 @@ def camera_of(path):
     return None
 
 
+def output_names(paths):
+    """Input paths -> the <name> of each one's outputs, all different: the stem when no other
+    input has it; else `<folder>_<stem>`, then `<folder>_<stem>_2`, `_3`, ... while taken."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    count = collections.Counter(stems)
+    taken = {stem for stem in stems if count[stem] == 1}
+    names = []
+    for path, stem in zip(paths, stems):
+        name = stem
+        if count[stem] > 1:
+            base = f"{os.path.basename(os.path.dirname(os.path.abspath(path)))}_{stem}"
+            name, k = base, 2
+            while name in taken:
+                name, k = f"{base}_{k}", k + 1
+            taken.add(name)
+        names.append(name)
+    return names
+
+
+def surround_sets(cameras):
+    """The camera of each processed image, in input order ([(path, camera or None)]) -> the
+    montages, each {camera: path} with all six (the k-th image of each camera goes into set k),
+    and the paths of camera images that fit no full set."""
+    by_camera = {cam: [path for path, c in cameras if c == cam] for cam in CAMERAS}
+    full = min(len(paths) for paths in by_camera.values())
+    sets = [{cam: by_camera[cam][k] for cam in CAMERAS} for k in range(full)]
+    left = [path for path, cam in cameras if cam and by_camera[cam].index(path) >= full]
+    return sets, left
+
+
 def get_args(argv=None):
     """The command line; every flag has help."""
     p = argparse.ArgumentParser(description="Metric depth for your own images with a trained student.")
@@ -64,43 +100,60 @@ def get_args(argv=None):
 
 
 def write_outputs(model, pending, out_dir, tiles):
-    """Run one batch [(path, image)] and write <name>_depth.npy / .png for each -> count written."""
+    """Run one batch [(path, name, image)] and write <name>_depth.npy / .png for each; the
+    coloured depth of each image with a camera name goes into `tiles` -> count written."""
     written = 0
-    for (path, _), depth in zip(pending, model.infer_images([image for _, image in pending])):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        npy, png = (os.path.join(out_dir, stem + OUTPUT_SUFFIX + e) for e in (".npy", ".png"))
+    for (path, name, _), depth in zip(pending, model.infer_images([image for _, _, image in pending])):
+        npy, png = (os.path.join(out_dir, name + OUTPUT_SUFFIX + e) for e in (".npy", ".png"))
         with atomic_path(npy) as tmp:
             np.save(tmp, depth.astype(np.float32), allow_pickle=False)
         colored = colorize(depth)
         save_png(colored, png)
-        camera = camera_of(path)
-        if camera:
-            tiles[camera] = colored
+        if camera_of(path):
+            tiles[path] = colored
         written += 1
         tqdm.write(f"{path} -> {npy} (depth {depth.min():.1f}-{depth.max():.1f} m)")
+    return written
+
+
+def write_montages(tiles, out_dir):
+    """The surround montages of the processed camera images (`tiles`: path -> coloured depth, in
+    input order), as `surround_sets` groups them -> the montage paths written."""
+    sets, left = surround_sets([(path, camera_of(path)) for path in tiles])
+    written = []
+    for k, group in enumerate(sets, 1):
+        name = "surround" + (f"_{k}" if k > 1 else "") + OUTPUT_SUFFIX + ".png"  # skipped as input, like the rest
+        written.append(os.path.join(out_dir, name))
+        save_png(montage([tiles[group[c]] for c in CAMERAS]), written[-1])
+        print(f"surround montage -> {written[-1]}")
+    if left:
+        print(f"surround montage: left out {', '.join(left)} (no full set of the six cameras)")
     return written
 
 
 def main(argv=None):
     """Run the CLI; returns the number of images processed."""
     args = get_args(argv)
-    paths = []
+    paths, seen = [], set()
     for path in list_inputs(args.input):
         stem, ext = os.path.splitext(os.path.basename(path))
-        if ext.lower() in IMAGE_EXTENSIONS and not stem.endswith(OUTPUT_SUFFIX):
-            paths.append(path)
-        else:
+        if ext.lower() not in IMAGE_EXTENSIONS or stem.endswith(OUTPUT_SUFFIX):
             print(f"skip {path}: not an input image")
+        elif os.path.abspath(path) in seen:
+            print(f"skip {path}: listed twice")
+        else:
+            paths.append(path)
+            seen.add(os.path.abspath(path))
     if not paths:  # before loading a model or drawing a progress bar
         raise InputError(f"{args.input}: no readable image was found; pass .jpg/.png images or a .txt list of them")
     model, _ = load_checkpoint(args.checkpoint, torch.device(args.device))
     model = model.for_inference()  # BatchNorm folded, channels_last: same depth, faster
     out_dir = os.path.abspath(args.out)
     done, tiles, pending = 0, {}, []
-    for path in tqdm(paths, desc="infer", unit="image", dynamic_ncols=True):
+    for path, name in tqdm(list(zip(paths, output_names(paths))), desc="infer", unit="image", dynamic_ncols=True):
         try:
             with Image.open(path) as im:
-                pending.append((path, np.asarray(im.convert("RGB"))))
+                pending.append((path, name, np.asarray(im.convert("RGB"))))
         except (UnidentifiedImageError, OSError) as err:
             tqdm.write(f"skip {path}: unreadable image ({err.__class__.__name__})")
             continue
@@ -109,10 +162,7 @@ def main(argv=None):
             pending = []
     if pending:
         done += write_outputs(model, pending, out_dir, tiles)
-    if len(tiles) == len(CAMERAS):
-        path = os.path.join(out_dir, "surround" + OUTPUT_SUFFIX + ".png")  # skipped as input, like the rest
-        save_png(montage([tiles[c] for c in CAMERAS]), path)
-        print(f"surround montage -> {path}")
+    write_montages(tiles, out_dir)
     if done == 0:
         raise InputError(f"{args.input}: no readable image was found; pass .jpg/.png images or a .txt list of them")
     return done

@@ -1,20 +1,26 @@
 """Faults of the scripts, each pinned by a test that fails without its fix: exact resume (colour
 jitter in DataLoader workers, fp16 loss scale, a killed job's half log line), the --out policy,
-atomic and line-by-line writes, cli.atomic_path and the umask; plus the pure pieces of the loop, StepSampler and one_cycle_lr."""
+atomic and line-by-line writes, infer.py's output names and montages, cli.atomic_path and the
+umask; plus the pure pieces of the loop, StepSampler and one_cycle_lr."""
 import contextlib
 import json
 import math
 import os
 import stat
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import cli
+import infer
 import nuscenes_fixture as fx
 import run_state
 import train
+from model import Student, StudentConfig, save_checkpoint
+from rig import CAMERAS
 
 TINY = ["--image-size", "32", "64", "--batch-size", "1", "--num-bins", "16", "--val-samples", "1", "--workers", "0"]
 BASELINE = ["--lambda-ckd", "0", "--lambda-vr", "0"]  # no teacher: the faults are in the loop, not the terms
@@ -220,6 +226,48 @@ def test_one_cycle_lr_hand_computed():
     assert train.one_cycle_lr(100, 100, 1e-3) == pytest.approx(1e-6)
     assert train.one_cycle_lr(0, 4, 1.0) == pytest.approx(0.04)  # 4 steps: int(0.4) -> at least 1 warm-up step
     assert train.one_cycle_lr(1, 4, 1.0) == pytest.approx(1.0)
+
+
+# --- 5. infer.py names and montages ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Student(StudentConfig(num_bins=16, image_size=(32, 64)))
+    path = str(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt")
+    save_checkpoint(path, {"config": asdict(model.cfg), "model": model.state_dict()})
+    return path
+
+
+def test_output_names_tell_apart_inputs_that_share_a_stem():
+    names = infer.output_names(["a/CAM_FRONT.jpg", "b/CAM_FRONT.png", "x/b_CAM_FRONT.jpg", "c/b/CAM_FRONT.jpg",
+                                "one.jpg"])
+    assert names == ["a_CAM_FRONT", "b_CAM_FRONT_2", "b_CAM_FRONT", "b_CAM_FRONT_3", "one"]
+
+
+def test_infer_list_with_repeated_names_writes_every_output_and_every_montage(checkpoint, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    lines = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        for cam in CAMERAS:
+            Image.fromarray(rng.integers(0, 255, (20, 40, 3), dtype=np.uint8)).save(tmp_path / folder / f"{cam}.jpg")
+            lines.append(f"{folder}/{cam}.jpg")
+    (tmp_path / "c").mkdir()
+    Image.fromarray(rng.integers(0, 255, (20, 40, 3), dtype=np.uint8)).save(tmp_path / "c" / "CAM_FRONT.jpg")
+    (tmp_path / "list.txt").write_text("\n".join(lines + ["c/CAM_FRONT.jpg", "a/CAM_BACK.jpg"]) + "\n")
+    out = tmp_path / "out"
+    assert infer.main([str(tmp_path / "list.txt"), "--checkpoint", checkpoint, "--out", str(out)]) == 13
+    printed = capsys.readouterr().out
+    names = [f"{f}_{c}" for f in "ab" for c in CAMERAS] + ["c_CAM_FRONT"]
+    depth = {name: np.load(out / f"{name}{infer.OUTPUT_SUFFIX}.npy") for name in names}
+    assert len(os.listdir(out)) == 2 * 13 + 2  # npy + png each, two montages
+    assert not np.array_equal(depth["a_CAM_FRONT"], depth["b_CAM_FRONT"])  # neither overwrote the other
+    second = np.asarray(Image.open(out / f"surround_2{infer.OUTPUT_SUFFIX}.png"))
+    b_front = np.asarray(Image.open(out / f"b_CAM_FRONT{infer.OUTPUT_SUFFIX}.png"))
+    assert np.array_equal(second[:20, 40:80], b_front)  # montage 2 is b's six: F in the top middle
+    assert f"skip {tmp_path}/a/CAM_BACK.jpg: listed twice" in printed
+    assert f"surround montage: left out {tmp_path}/c/CAM_FRONT.jpg (no full set of the six cameras)" in printed
 
 
 # --- 6. cli.atomic_path ----------------------------------------------------------------------
