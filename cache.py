@@ -118,7 +118,8 @@ class CachedTargets(torch.utils.data.Dataset):
         self.meta = check_cache(folder, key)
         self.dataset, self.folder = dataset, folder
         self.length = 0
-        while self.length < self.meta["num_samples"] and os.path.isfile(cache_file(folder, self.length)):
+        while (self.length < min(self.meta["num_samples"], len(dataset))
+               and os.path.isfile(cache_file(folder, self.length))):
             self.length += 1
 
     def __len__(self):

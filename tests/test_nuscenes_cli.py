@@ -1,7 +1,6 @@
 """The user's main commands on nuScenes, end to end on the tiny dataroot of nuscenes_fixture.py:
 `cache.py` (the teacher cache; its size per sample at 352 x 640), `train.py --data nuscenes` (with the
-cache and with a live teacher loaded
-from a local Depth Anything V2 folder) and `evaluate.py` on the checkpoint."""
+cache and with a live teacher loaded from a local Depth Anything V2 folder) and `evaluate.py` on the checkpoint."""
 import os
 
 import pytest
