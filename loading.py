@@ -113,12 +113,12 @@ def time_nuscenes(dataroot, version, split, image_size, repeats):
     rates = {}
     for round_ in range(2):  # interleaved twice: the machine's load drifts
         for name, dataset in loaders.items():
-            draft = isinstance(dataset, FloatInWorker) is False
+            draft = not isinstance(dataset, FloatInWorker)
             stages = stage_times(dataset, indices, draft=draft, to_float=not draft)
             rate = sample_rate(dataset, indices)
             rates.setdefault(name, []).append(rate)
-            print(f"| {name} (round {round_ + 1}) | {rate:.2f} | " + " | ".join(f"{1e3 * v:.0f}" for v in stages.values())
-                  + " |")
+            cells = " | ".join(f"{1e3 * v:.0f}" for v in stages.values())
+            print(f"| {name} (round {round_ + 1}) | {rate:.2f} | {cells} |")
     return float(np.median(rates[next(iter(loaders))]))
 
 
