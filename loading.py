@@ -9,7 +9,8 @@ one DataLoader worker runs it. Side by side in the same run:
 Each is split into decode, resize (+ float conversion) and ground-truth rendering (the cached
 LiDAR points drawn at the input size). A DDAD-format dataroot is timed too when the DDAD loader
 is there (`'ddad'` in `data.DATASETS`) and `--ddad-root` names one; otherwise one line says why not.
-The ground-truth cache size per sample is printed as well.
+The ground-truth cache size per sample is printed as well. Rates are per second of wall-clock
+time and per second of CPU time (on a shared machine the second says what one free core gives).
 """
 import argparse
 import os
@@ -18,6 +19,7 @@ import tempfile
 import time
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 import data
@@ -87,11 +89,12 @@ def stage_times(dataset, indices, draft, to_float):
 
 
 def sample_rate(dataset, indices):
-    """Surround samples per second of `dataset[i]` over `indices`, one process (one worker)."""
-    start = time.perf_counter()
+    """Surround samples per second of `dataset[i]` over `indices`, one process (one worker): per
+    second of wall-clock time, and per second of the process's CPU time (what one free core gives)."""
+    start, cpu = time.perf_counter(), time.process_time()
     for index in indices:
         dataset[index]
-    return len(indices) / (time.perf_counter() - start)
+    return len(indices) / (time.perf_counter() - start), len(indices) / (time.process_time() - cpu)
 
 
 def time_nuscenes(dataroot, version, split, image_size, repeats):
@@ -108,17 +111,18 @@ def time_nuscenes(dataroot, version, split, image_size, repeats):
           f"{len(CAMERAS)} JPEGs of {first.samples[0]['image_sizes'][0][1]}x{first.samples[0]['image_sizes'][0][0]} "
           f"({jpeg / 1e3:.0f} kB each) -> {image_size[0]} x {image_size[1]}, one process")
     print(f"ground-truth cache: {np.mean(sizes) / 1e3:.1f} kB per sample (mean of {len(sizes)})\n")
-    print("| loader | samples/s | decode (ms/sample) | resize (ms/sample) | ground truth (ms/sample) |")
-    print("|---|---|---|---|---|")
+    print("| loader | samples/s | samples per CPU second | decode (ms/sample) | resize (ms/sample) | "
+          "ground truth (ms/sample) |")
+    print("|---|---|---|---|---|---|")
     rates = {}
     for round_ in range(2):  # interleaved twice: the machine's load drifts
         for name, dataset in loaders.items():
             draft = not isinstance(dataset, FloatInWorker)
             stages = stage_times(dataset, indices, draft=draft, to_float=not draft)
-            rate = sample_rate(dataset, indices)
+            rate, cpu_rate = sample_rate(dataset, indices)
             rates.setdefault(name, []).append(rate)
             cells = " | ".join(f"{1e3 * v:.0f}" for v in stages.values())
-            print(f"| {name} (round {round_ + 1}) | {rate:.2f} | {cells} |")
+            print(f"| {name} (round {round_ + 1}) | {rate:.2f} | {cpu_rate:.2f} | {cells} |")
     return float(np.median(rates[next(iter(loaders))]))
 
 
@@ -134,8 +138,8 @@ def time_ddad(ddad_root, image_size, repeats):
                                  dataroot=ddad_root)
     indices = list(range(min(len(dataset), 4))) * repeats
     dataset[indices[0]]  # caches written on first load
-    rate = sample_rate(dataset, indices)
-    print(f"ddad: {rate:.2f} samples/s ({len(indices)} loads of {ddad_root}, one process)")
+    rate, cpu_rate = sample_rate(dataset, indices)
+    print(f"ddad: {rate:.2f} samples/s, {cpu_rate:.2f} per CPU second ({len(indices)} loads of {ddad_root}, one process)")
     return rate
 
 
@@ -150,17 +154,22 @@ def data_benchmark(argv=None):
     p.add_argument("--image-size", type=int, nargs=2, default=(352, 640), metavar=("H", "W"), help="input size")
     p.add_argument("--repeats", type=int, default=5, help="passes over the samples per timing")
     args = p.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        dataroot = args.dataroot
-        if dataroot is None:
-            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
-            import nuscenes_fixture
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker, where torch runs one thread
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            dataroot = args.dataroot
+            if dataroot is None:
+                sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
+                import nuscenes_fixture
 
-            dataroot = tmp
-            nuscenes_fixture.build_dataroot(tmp, image_maker=lambda n, rng: Image.fromarray(
-                photo_like(rng, nuscenes_fixture.IMAGE_HEIGHT, nuscenes_fixture.IMAGE_WIDTH)),
-                quality=PHOTO_JPEG_QUALITY)
-        rate = time_nuscenes(dataroot, args.version, args.split, tuple(args.image_size), args.repeats)
-    print()
-    time_ddad(args.ddad_root, tuple(args.image_size), args.repeats)
+                dataroot = tmp
+                nuscenes_fixture.build_dataroot(tmp, image_maker=lambda n, rng: Image.fromarray(
+                    photo_like(rng, nuscenes_fixture.IMAGE_HEIGHT, nuscenes_fixture.IMAGE_WIDTH)),
+                    quality=PHOTO_JPEG_QUALITY)
+            rate = time_nuscenes(dataroot, args.version, args.split, tuple(args.image_size), args.repeats)
+        print()
+        time_ddad(args.ddad_root, tuple(args.image_size), args.repeats)
+    finally:
+        torch.set_num_threads(threads)
     return rate

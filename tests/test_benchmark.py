@@ -32,7 +32,7 @@ def test_data_benchmark_prints_both_loaders(tmp_path, capsys):
     assert rate > 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| today") or line.startswith("| before")]
-    assert len(rows) == 4 and all(len(r.strip("|").split("|")) == 5 for r in rows)
+    assert len(rows) == 4 and all(len(r.strip("|").split("|")) == 6 for r in rows)
     assert "ground-truth cache:" in out and "kB per sample" in out
     assert "ddad:" in out  # timed, or one line saying why not
     photo = loading.photo_like(np.random.default_rng(0), 90, 160)

@@ -9,7 +9,7 @@ the dataset instead (JPEG draft decoding, PIL's antialiased bilinear resize), wh
 level, so the scores agree within INPUT_RTOL, not to the last digit. The ground truth itself
 (the native maps and the pixel counts) agrees exactly.
 
-The dataroot has a dense LiDAR (4x the beams, 4x the firings): at 96 x 160, ~10 points fall in
+The dataroot has a dense LiDAR (4x the beams, 4x the firings): at 96 x 160, ~6 points fall in
 one input pixel and the nearest wins, so re-rendering the ground truth at the input size (the old
 protocol) and scoring at the native resolution give clearly different numbers.
 """
