@@ -27,7 +27,7 @@ import losses
 from cli import run_cli
 from cache import DEFAULT_CACHE_ROOT, CachedTargets, cache_key, distillation_targets, find_cache
 from data import DATASETS, DEFAULT_IMAGE_SIZE, batch_to_device, build_dataset, depth_range, split_name
-from evaluate import evaluate_model
+from evaluate import METRIC_KEYS, evaluate_model
 from model import Student, StudentConfig, load_checkpoint, save_checkpoint
 from rig import ADJACENT_PAIRS
 from teacher import build_teacher, default_teacher
@@ -198,7 +198,7 @@ def validate(model, val_set, device, rank, world):
         parts = [None] * world
         dist.all_gather_object(parts, (results["all"]["sparse"], results["num_samples"]))
     total = sum(n for _, n in parts)
-    return {k: sum(m[k] * n for m, n in parts) / total for k in parts[0][0]}
+    return {k: sum(m[k] * n for m, n in parts) / total for k in METRIC_KEYS}
 
 
 # Flags a resumed run may change; every other flag (data, image size, losses, seed, ...) is
