@@ -1,20 +1,28 @@
 """The dataset factory: a dataset name and split -> a torch Dataset of surround samples.
 
 Defines `build_dataset`, `split_name` (which split plays train / val / test on each dataset),
-`depth_range` (the d_min, d_max of Eqs. (3) and (18) on each dataset) and the default input
-size of each dataset. The loaders themselves live in `synthetic.py` and `nusc.py`; this file
-stands above them, so they never import it.
+`depth_range` (the d_min, d_max of Eqs. (3) and (18) on each dataset), the default input
+size of each dataset, and `batch_to_device` (a batch on the device, images made float there).
+The loaders themselves live in `synthetic.py` and `nusc.py`; this file stands above them, so
+they never import it.
 
-Every dataset returns one surround sample per item, a dict of float32 tensors:
-    images      (N, 3, H, W) in [0, 1], N = 6 cameras in the ring order of `rig.CAMERAS`
+Every dataset returns one surround sample per item, a dict of tensors:
+    images      (N, 3, H, W), N = 6 cameras in the ring order of `rig.CAMERAS`: uint8 in
+                [0, 255] from the photo datasets (nuScenes; decoded photos stay 8-bit until the
+                batch is on the device), float32 in [0, 1] from the synthetic renderer;
+                `batch_to_device` makes either float32 in [0, 1], the models' input
     depth       (N, 1, H, W) sparse metric z-depth D* in meters, 0 where there is no point
     intrinsics  (N, 3, 3)    pixel intrinsics at (H, W)
     cam_to_ego  (N, 4, 4)    camera -> ego transform; camera x right, y down, z forward;
                              ego x forward, y left, z up (nuScenes conventions)
-and the synthetic world adds `depth_dense` (N, 1, H, W), 0 for sky. nuScenes with
-`augment=True` jitters `images` (the student's input) and adds `images_teacher` (N, 3, H, W),
-the same images untouched, for the frozen teacher.
+(depth, intrinsics, cam_to_ego float32), and the synthetic world adds `depth_dense` (N, 1, H, W),
+0 for sky. nuScenes with `augment=True` jitters `images` (the student's input) and adds
+`images_teacher` (N, 3, H, W), the same images untouched, for the frozen teacher. A dataset with
+ground truth at a native camera resolution above the input size (nuScenes) also has
+`native_depth(index)`: N float32 arrays (H0, W0) in meters, the evaluation protocol's D*.
 """
+import torch
+
 from nusc import NUSCENES_IMAGE_SIZE, NUSCENES_SPLITS, NuScenesSurround
 from rig import MAX_DEPTH, MIN_DEPTH
 from synthetic import DEFAULT_IMAGE_SIZE as SYNTHETIC_IMAGE_SIZE
@@ -54,3 +62,18 @@ def build_dataset(name, split, image_size=None, dataroot=None, version=None, see
     if name == "nuscenes":
         return NuScenesSurround(dataroot, version=version or "v1.0-trainval", split=split, **size, **kwargs)
     raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
+
+
+IMAGE_KEYS = ("images", "images_teacher")  # the image tensors of a sample (see the module docstring)
+UINT8_MAX = 255.0  # an 8-bit image divided by this is in [0, 1]
+
+
+def batch_to_device(batch, device):
+    """A collated batch -> the same dict on `device`, with its images float32 in [0, 1]: uint8
+    images are moved as bytes (4x less to copy than float) and divided by 255 there; float
+    images (synthetic) are moved as they are."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    for key in IMAGE_KEYS:
+        if key in out and out[key].dtype == torch.uint8:
+            out[key] = out[key].float().div_(UINT8_MAX)
+    return out

@@ -10,10 +10,12 @@ Implements Eqs. (18)-(20) of the README's method section:
   (`cross_view_consistency`; the geometry is `rig.py`'s, shared with the figures of viz.py).
 
     python evaluate.py --checkpoint outputs/demo/checkpoint.pt [--split test] [--median-scaling]
-                       [--json out.json] [--out DIR] [--baseline]
+                       [--flip] [--protocol native|input] [--json out.json] [--out DIR] [--baseline]
 
-On synthetic data it scores against the sparse LiDAR ground truth (the protocol) and also
-against the dense ground truth.
+On nuScenes (any dataset with `native_depth`) Eq. (18) follows SurroundDepth by default: LiDAR
+ground truth at each camera's native resolution, the prediction resized to it. On synthetic
+data it scores against the sparse LiDAR ground truth (the protocol) and also against the dense
+ground truth, both at the input size.
 """
 import argparse
 import json
@@ -21,14 +23,17 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from cli import run_cli, write_text
-from data import DATASETS, build_dataset, depth_range, split_name
+from data import DATASETS, batch_to_device, build_dataset, depth_range, split_name
 from losses import valid_mask
+from protocol import WithNativeDepth, flip_averaged, has_native_depth
 from rig import ADJACENT_PAIRS, CAMERAS, MAX_DEPTH, MIN_DEPTH, back_project, project, sample_depth
 
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+COUNT_KEYS = ("num_images", "num_pixels")  # images and ground-truth pixels scored, beside Eq. (18)
 DELTA = 1.25  # threshold base of the delta accuracies a1, a2, a3 (Eq. 18)
 NUM_FIGURES = 4  # surround samples drawn by --out
 # Eq. (20), "both views see the same surface": the ground truth of view n, reprojected into m,
@@ -145,43 +150,69 @@ def pool_cross_view(samples):
 
 
 def mean_metrics(rows):
-    """Average a list of metric dicts key by key (None rows are skipped); None if empty."""
+    """Average a list of metric dicts key by key (None rows are skipped); None if empty. The
+    counts 'num_images' (1 per row without one) and 'num_pixels' are summed, not averaged."""
     rows = [r for r in rows if r is not None]
-    return {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS} if rows else None
+    if not rows:
+        return None
+    return {**{k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS},
+            "num_images": sum(r.get("num_images", 1) for r in rows), "num_pixels": sum(r["num_pixels"] for r in rows)}
+
+
+def _scored(pred, gt, depth_range, median_scaling):
+    """Eq. (18) of one image plus 'num_pixels', the ground-truth pixels it scored; None without any."""
+    metrics = compute_depth_metrics(pred, gt, *depth_range, median_scaling)
+    if metrics is not None:
+        metrics["num_pixels"] = int(valid_mask(gt, *depth_range).sum())
+    return metrics
 
 
 @torch.inference_mode()
 def evaluate_predictions(predict, dataset, device, median_scaling=False, progress=True, on_sample=None,
-                         depth_range=(MIN_DEPTH, MAX_DEPTH)):
+                         depth_range=(MIN_DEPTH, MAX_DEPTH), native=False, workers=0):
     """Score predict(batch) -> depth (1, N, 1, H, W) meters over `dataset`, one sample at a time.
 
     Returns {'per_camera': {camera: {'sparse': metrics, 'dense': metrics}}, 'all': {...},
-    'scale': {'mean_abs_log_rho', 'std_log_rho_across_views'}, 'cross_view', 'num_samples'}.
-    'dense' is there only when the dataset has depth_dense. 'cross_view' is Eq. (20) pooled by
-    `pool_cross_view` (pixels chosen by depth_dense when present, else by the sparse depth),
-    None when the samples carry no intrinsics / cam_to_ego. depth_range: (d_min, d_max) in
-    meters of the dataset, the mask M of Eq. (18). `on_sample(index, batch, depth)`
-    sees every prediction (for figures). Per-image metrics are averaged per camera, then over
-    cameras. 'column_bands' = {'ground_truth': 'dense' or 'sparse', 'abs_rel': NUM_BANDS
+    'scale': {'mean_abs_log_rho', 'std_log_rho_across_views'}, 'cross_view', 'num_samples',
+    'protocol'}. Each metrics dict holds Eq. (18) and the counts 'num_images' and 'num_pixels'
+    (ground-truth pixels scored). native=True (the dataset must have `native_depth`, see
+    `has_native_depth`) is the SurroundDepth protocol: 'sparse' is scored against the ground
+    truth at each camera's native resolution (H0, W0), the prediction resized to it bilinearly;
+    else at the input size (H, W). 'dense' is there only when the dataset has depth_dense.
+    'cross_view' is Eq. (20) pooled by `pool_cross_view` (pixels chosen by depth_dense when
+    present, else by the sparse depth), None when the samples carry no intrinsics / cam_to_ego.
+    Eqs. (19), (20) and the column bands use the input-size ground truth under both protocols.
+    depth_range: (d_min, d_max) in meters of the dataset, the mask M of Eq. (18). `on_sample(index,
+    batch, depth)` sees every prediction (for figures). Per-image metrics are averaged per camera,
+    then over cameras. 'column_bands' = {'ground_truth': 'dense' or 'sparse', 'abs_rel': NUM_BANDS
     floats, left to right}: metric AbsRel (never median-scaled) pooled over all pixels of every
-    view and sample in each vertical band of the image.
+    view and sample in each vertical band of the image. workers: DataLoader worker processes.
     """
-    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=0)
+    # batch_size=None: items come one by one (native maps may differ in size); a batch axis is added below.
+    loader = torch.utils.data.DataLoader(WithNativeDepth(dataset) if native else dataset, batch_size=None,
+                                         num_workers=workers)
     per_cam = {kind: [[] for _ in CAMERAS] for kind in ("sparse", "dense")}
     log_rho = []  # per sample: list of per-view log rho
     cross_view = []  # per sample: Eq. (20) from cross_view_consistency
     band_err, band_count = np.zeros(NUM_BANDS), np.zeros(NUM_BANDS)  # sums of |D_hat - D*| / D*, pixels
-    for i, batch in enumerate(tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True)):
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for i, item in enumerate(tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True)):
+        native_gt = item.pop("depth_native", None)  # N tensors (H0, W0) under the native protocol
+        batch = batch_to_device({k: v[None] for k, v in item.items()}, device)
         depth = predict(batch).float()  # (1, N, 1, H, W)
         if on_sample is not None:
             on_sample(i, batch, depth)
         pred = depth[0, :, 0].cpu().numpy()  # (N, H, W)
-        for kind, key in (("sparse", "depth"), ("dense", "depth_dense")):
-            if key in batch:
-                gt = batch[key][0, :, 0].cpu().numpy()
-                for n in range(len(CAMERAS)):
-                    per_cam[kind][n].append(compute_depth_metrics(pred[n], gt[n], *depth_range, median_scaling))
+        for n in range(len(CAMERAS)):
+            if native_gt is not None:  # the prediction resized to the native ground truth
+                gt = native_gt[n].numpy()
+                full = F.interpolate(depth[:, n], size=gt.shape, mode="bilinear", align_corners=False)
+                per_cam["sparse"][n].append(_scored(full[0, 0].cpu().numpy(), gt, depth_range, median_scaling))
+            else:
+                per_cam["sparse"][n].append(_scored(pred[n], batch["depth"][0, n, 0].cpu().numpy(),
+                                                    depth_range, median_scaling))
+            if "depth_dense" in batch:
+                per_cam["dense"][n].append(_scored(pred[n], batch["depth_dense"][0, n, 0].cpu().numpy(),
+                                                   depth_range, median_scaling))
         band_gt = batch.get("depth_dense", batch["depth"])[0, :, 0].cpu().numpy()  # (N, H, W)
         valid = valid_mask(band_gt, *depth_range)
         clipped = np.clip(pred, *depth_range)  # as compute_depth_metrics; metric, never median-scaled
@@ -205,18 +236,23 @@ def evaluate_predictions(predict, dataset, device, median_scaling=False, progres
     bands = {"ground_truth": "dense" if "dense" in kinds else "sparse",
              "abs_rel": [float(e / c) if c else None for e, c in zip(band_err, band_count)]}
     return {"per_camera": cams, "all": overall, "scale": scale, "cross_view": pool_cross_view(cross_view),
-            "column_bands": bands, "num_samples": len(log_rho)}
+            "column_bands": bands, "num_samples": len(log_rho), "protocol": "native" if native else "input"}
 
 
-def evaluate_model(model, dataset, device, median_scaling=False, progress=True, on_sample=None):
+def evaluate_model(model, dataset, device, median_scaling=False, progress=True, on_sample=None, native=False,
+                   flip=False, workers=0):
     """`evaluate_predictions` for a Student (restored to its train/eval mode afterwards), over
-    the depth range the student was trained for (its StudentConfig's d_min, d_max)."""
+    the depth range the student was trained for (its StudentConfig's d_min, d_max); flip: the
+    test-time flip averaging of `flip_averaged`."""
+    def predict(batch):
+        return model(batch["images"])["depth"]  # (B, N, 1, H, W) meters
+
     was_training = model.training
     model.eval()
     try:
-        return evaluate_predictions(lambda batch: model(batch["images"])["depth"], dataset, device,
+        return evaluate_predictions(flip_averaged(predict) if flip else predict, dataset, device,
                                     median_scaling, progress, on_sample,
-                                    (model.cfg.min_depth, model.cfg.max_depth))
+                                    (model.cfg.min_depth, model.cfg.max_depth), native, workers)
     finally:
         model.train(was_training)
 
@@ -234,13 +270,17 @@ def per_camera_median(dataset, num_samples, depth_range=(MIN_DEPTH, MAX_DEPTH)):
 
 
 def format_table(results, title):
-    """Markdown table: one row per camera and 'all', for every ground-truth kind."""
+    """Markdown table: one row per camera and 'all', for every ground-truth kind, with the number
+    of images and of ground-truth pixels scored."""
     lines = []
     for kind in results["all"]:
-        lines += [f"### {title}: {kind} ground truth", "",
-                  "| camera | " + " | ".join(METRIC_KEYS) + " |", "|---" * (len(METRIC_KEYS) + 1) + "|"]
+        at = " at the native resolution" if kind == "sparse" and results.get("protocol") == "native" else ""
+        lines += [f"### {title}: {kind} ground truth{at}", "",
+                  "| camera | " + " | ".join(METRIC_KEYS + COUNT_KEYS) + " |",
+                  "|---" * (len(METRIC_KEYS) + len(COUNT_KEYS) + 1) + "|"]
         rows = [(c, results["per_camera"][c][kind]) for c in CAMERAS] + [("all", results["all"][kind])]
-        lines += [f"| {c} | " + " | ".join(f"{m[k]:.4f}" for k in METRIC_KEYS) + " |" for c, m in rows if m]
+        lines += [f"| {c} | " + " | ".join([f"{m[k]:.4f}" for k in METRIC_KEYS] + [str(m[k]) for k in COUNT_KEYS])
+                  + " |" for c, m in rows if m]
         lines.append("")
     s = results["scale"]
     if s["mean_abs_log_rho"] is not None:
@@ -268,6 +308,12 @@ def get_args(argv=None):
     p.add_argument("--split", default=None, help="split to score (default: test on synthetic, val / mini_val on nuScenes)")
     p.add_argument("--max-samples", type=int, default=None, help="score only the first this many samples")
     p.add_argument("--median-scaling", action="store_true", help="per-image median scaling (Eq. 18); default metric")
+    p.add_argument("--protocol", default="native", choices=["native", "input"],
+                   help="native (default): LiDAR ground truth at each camera's native resolution, the prediction "
+                        "resized to it (SurroundDepth; datasets without native ground truth, e.g. synthetic, score "
+                        "at the input size); input: ground truth re-rendered at the input size")
+    p.add_argument("--flip", action="store_true", help="average with the prediction of the flipped images (test-time)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in the main process)")
     p.add_argument("--baseline", action="store_true",
                    help="also score a constant predictor: the per-camera median training depth")
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
@@ -299,15 +345,18 @@ def main(argv=None):
             figure = sample_figure(batch["images"][0].cpu().numpy(), depth[0].cpu().numpy(), gt, f"#{i}")
             save_png(figure, os.path.join(args.out, f"sample_{i}.png"))
 
-    results = {"checkpoint": args.checkpoint, "split": split, "median_scaling": args.median_scaling,
-               "student": evaluate_model(model, dataset, device, args.median_scaling, on_sample=draw)}
+    native = args.protocol == "native" and has_native_depth(dataset)
+    results = {"checkpoint": args.checkpoint, "split": split, "median_scaling": args.median_scaling, "flip": args.flip,
+               "student": evaluate_model(model, dataset, device, args.median_scaling, on_sample=draw, native=native,
+                                         flip=args.flip, workers=args.workers)}
     table = format_table(results["student"], f"student on {data} {split}")
     if args.baseline:
         train_split = split_name(data, version, "train")
         medians = per_camera_median(build_dataset(data, train_split, **options), 64, depth_range(data))
         const = torch.tensor(medians, dtype=torch.float32, device=device).view(1, -1, 1, 1, 1)
         results["constant_baseline"] = evaluate_predictions(lambda b: const.expand_as(b["depth"]), dataset, device,
-                                                            args.median_scaling, depth_range=depth_range(data))
+                                                            args.median_scaling, depth_range=depth_range(data),
+                                                            native=native, workers=args.workers)
         results["constant_baseline"]["medians"] = medians.tolist()
         table += "\n" + format_table(results["constant_baseline"], "constant (per-camera median training depth)")
     print(table)

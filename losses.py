@@ -8,6 +8,7 @@ section (the project's own formulation of the paper's abstract):
 - `teacher_bin_probs`     Eqs. (6)-(7) scale-invariant teacher bin probabilities P^T
 - `cross_interaction_kd`  Eqs. (8)-(11) CKD: L_kd and L_cross
 - `border_tokens`         Eq. (12)  pooled, L2-normalised border-strip tokens of each view
+- `border_similarity`     Eq. (13)  cosine similarities of adjacent border tokens (before tau_v)
 - `relational_kd`         Eqs. (13)-(14) VRKD from border tokens
 - `view_relational_kd`    Eqs. (12)-(14) VRKD from feature maps
 - `valid_mask`            the validity mask M, d_min < D* < d_max (losses and every metric)
@@ -188,27 +189,35 @@ def border_tokens(feats, strip=0.25, grid=(4, 2)):
     return tokens[0], tokens[1]
 
 
+def border_similarity(tokens, pairs):
+    """Eq. (13) before the temperature: the cosine similarities X_n X_m^T of every adjacent pair.
+
+    tokens: (left, right) border tokens from `border_tokens`, each (B, N, L, C).
+    pairs:  the adjacent pairs A, [(n, m), ...]: the right border of n faces the left of m.
+    Returns (B, |A|, L, L): row i compares token i of n's right strip with every token of m's left.
+    """
+    left, right = tokens
+    n_idx = torch.tensor([p[0] for p in pairs], device=left.device)
+    m_idx = torch.tensor([p[1] for p in pairs], device=left.device)
+    x_n, x_m = right[:, n_idx], left[:, m_idx]  # (B, |A|, L, C) each
+    return torch.einsum("bplc,bpqc->bplq", x_n, x_m)  # (B, |A|, L, L)
+
+
 def relational_kd(student_tokens, teacher_tokens, pairs, tau=0.1):
     """View-relational KD, Eqs. (13)-(14), from border tokens.
 
     student_tokens, teacher_tokens: (left, right) pairs as returned by `border_tokens`, each
-        (B, N, L, C_S) and (B, N, L, C_T); C_S and C_T may differ, L must match.
+        (B, N, L, C_S) and (B, N, L, C_T); C_S and C_T may differ, L must match. The teacher's
+        may also be given as its `border_similarity` (B, |A|, L, L) (what the teacher cache stores).
     pairs: the adjacent pairs A, [(n, m), ...]: the right border of n faces the left of m.
     tau:   temperature tau_v of the relation softmax (Eq. 13).
     Returns L_VRKD = mean over pairs, batch and rows of KL(R^T_nm[i] || R^S_nm[i]); 0 when
     the student's relations equal the teacher's.
     """
-    def relations(tokens):
-        left, right = tokens
-        n_idx = torch.tensor([p[0] for p in pairs], device=left.device)
-        m_idx = torch.tensor([p[1] for p in pairs], device=left.device)
-        x_n, x_m = right[:, n_idx], left[:, m_idx]  # (B, |A|, L, C) each
-        # Eq. (13): row i of R_nm is a distribution over the L tokens of m, for token i of n.
-        sim = torch.einsum("bplc,bpqc->bplq", x_n, x_m) / tau  # (B, |A|, L, L)
-        return torch.log_softmax(sim, dim=-1)
-
-    log_r_t = relations(teacher_tokens).detach()
-    log_r_s = relations(student_tokens)
+    # Eq. (13): row i of R_nm is a distribution over the L tokens of m, for token i of n.
+    teacher_sim = teacher_tokens if torch.is_tensor(teacher_tokens) else border_similarity(teacher_tokens, pairs)
+    log_r_t = torch.log_softmax(teacher_sim / tau, dim=-1).detach()  # (B, |A|, L, L)
+    log_r_s = torch.log_softmax(border_similarity(student_tokens, pairs) / tau, dim=-1)
     # Eq. (14): row-wise KL(R^T || R^S), averaged over rows i, pairs (n, m) and the batch.
     kl = (log_r_t.exp() * (log_r_t - log_r_s)).sum(dim=-1)  # (B, |A|, L)
     return kl.mean()
@@ -257,9 +266,11 @@ def objective(out, target, cfg, farness=None, teacher_tokens=None):
     target: (B, N, 1, H, W) sparse ground truth D* in meters, 0 where there is none.
     cfg: a LossConfig.
     farness: (B, N, 1, H, W) the teacher's normalised farness s of Eq. (6); needed when
-        cfg.lambda_ckd > 0. P^T of Eq. (7) is built from it here.
+        cfg.lambda_ckd > 0. P^T of Eq. (7) is built from it here. A coarser s (B, N, 1, h, w)
+        (the teacher cache stores it at the logit stride) is first upsampled bilinearly to (H, W).
     teacher_tokens: (left, right) border tokens of the teacher, each (B, N, L, C_T), from
-        `border_tokens` (Eq. 12); needed when cfg.lambda_vr > 0.
+        `border_tokens` (Eq. 12), or their `border_similarity` (B, |A|, L, L); needed when
+        cfg.lambda_vr > 0.
     Every term is computed in float32 with autocast off, whatever precision the forward ran in:
     the einsums of Eqs. (5), (8) and (13) lose too much in bf16.
     Returns (scalar loss, {term name: detached float32 scalar}) with the terms 'si', 'bins' and,
@@ -275,14 +286,19 @@ def objective(out, target, cfg, farness=None, teacher_tokens=None):
         loss = terms["si"] + cfg.beta_bins * terms["bins"] if cfg.beta_bins > 0 else terms["si"]
         if cfg.lambda_ckd > 0:
             k = out["logits"].shape[2]
-            probs = farness_bin_probs(farness.float(), k, cfg.sigma)  # Eq. (7), (B, N, K, H, W)
+            farness = farness.float()
+            if farness.shape[-2:] != target.shape[-2:]:  # a cached, coarse s: back to (H, W)
+                farness = F.interpolate(farness.flatten(0, 1), size=target.shape[-2:], mode="bilinear",
+                                        align_corners=False).unflatten(0, farness.shape[:2])  # (B, N, 1, H, W)
+            probs = farness_bin_probs(farness, k, cfg.sigma)  # Eq. (7), (B, N, K, H, W)
             ckd = cross_interaction_kd(out["logits"], out["centers"], probs, target, mask, tau=cfg.tau)
             terms.update(ckd)
             loss = loss + cfg.lambda_ckd * (ckd["kd"] + cfg.lambda_cross * ckd["cross"])  # Eq. (11)
         if cfg.lambda_vr > 0:
             feats = out["features"] if cfg.vr_student == "features" else torch.softmax(out["logits"], dim=2)
             student_tokens = border_tokens(feats, cfg.vr_strip, tuple(cfg.vr_grid))  # Eq. (12)
-            teacher_tokens = tuple(t.float() for t in teacher_tokens)
+            teacher_tokens = (teacher_tokens.float() if torch.is_tensor(teacher_tokens)
+                              else tuple(t.float() for t in teacher_tokens))
             terms["vr"] = relational_kd(student_tokens, teacher_tokens, cfg.pairs, cfg.vr_tau)  # Eq. (14)
             loss = loss + cfg.lambda_vr * terms["vr"]
     return loss, {k: v.detach() for k, v in terms.items()}

@@ -2,8 +2,10 @@
 
 Defines `NuScenesSurround` (keyframe samples as surround samples, the format of `data.py`), its
 splits (`NUSCENES_SPLITS`), the compressed cache of projected LiDAR points
-(`_encode_points` / `_decode_points`), the training colour jitter, and `DatasetError`, the
-one-line error it raises on a dataroot it cannot read. Named `nusc.py`, not `nuscenes.py`, so
+(`_encode_points` / `_decode_points`), image decoding (`decode_image`: JPEG draft mode;
+`resize_image`: uint8 out), `render_points` (cached points -> D* at any size, also the native
+ground truth of `NuScenesSurround.native_depth`), the training colour jitter, and `DatasetError`,
+the one-line error it raises on a dataroot it cannot read. Named `nusc.py`, not `nuscenes.py`, so
 that it never shadows the devkit's `nuscenes` package.
 """
 import os
@@ -150,13 +152,47 @@ def _decode_points(arrays):
     return np.split(uvz, np.cumsum(arrays["counts"])[:-1])
 
 
+def decode_image(path, native_size, size=None):
+    """A camera image file -> RGB PIL image, decoded at the smallest JPEG scale that is still at
+    least `size` (H, W) (PIL's draft mode: the DCT skips the detail a downscale would discard;
+    1600 x 900 -> 800 x 450 for 352 x 640), or in full when size is None. Raises DatasetError
+    when the file is not native_size (H0, W0), as its sample_data says."""
+    image = Image.open(path)
+    if image.size != (native_size[1], native_size[0]):
+        image.close()
+        raise DatasetError(f"camera image {path} is {image.size[0]}x{image.size[1]}, its sample_data "
+                           f"says {native_size[1]}x{native_size[0]}: re-extract it")
+    if size is not None:
+        image.draft("RGB", (size[1], size[0]))  # JPEG only; a no-op on other formats
+    with image:
+        return image.convert("RGB")  # decodes
+
+
+def resize_image(image, size):
+    """RGB PIL image -> (3, H, W) uint8 tensor at size (H, W): bilinear, antialiased (PIL widens
+    the kernel when it shrinks). Kept 8-bit: `data.batch_to_device` makes it float on the device."""
+    height, width = size
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (3, H, W) uint8
+
+
+def render_points(uvz, k_native, k, height, width, min_z=MIN_DEPTH):
+    """Cached points (P, 3) (u, v, z) at the native resolution (intrinsics k_native) -> sparse
+    depth (height, width) float32 meters for intrinsics k at that size; nearest point wins."""
+    u, v, z = uvz.T
+    # Back to the camera frame, X = z K^-1 (u, v, 1), then `render_sparse_depth` at the output size.
+    points_cam = np.stack([u * z, v * z, z], axis=1) @ np.linalg.inv(k_native).T  # (P, 3)
+    return render_sparse_depth(points_cam, k, height, width, min_z)
+
+
 class NuScenesSurround(torch.utils.data.Dataset):
     """nuScenes keyframe samples as surround samples (format in the module docstring).
 
     dataroot: the nuScenes folder holding <version>/, samples/, sweeps/, maps/.
     version: 'v1.0-trainval' (splits 'train', 'val') or 'v1.0-mini' ('mini_train', 'mini_val').
-    image_size: (H, W) output size in pixels; images are resized (bilinear, antialiased) and the
-        intrinsics scaled to match.
+    image_size: (H, W) output size in pixels; images are decoded in JPEG draft mode, resized
+        (bilinear, antialiased) and returned as uint8; the intrinsics are scaled to match.
     min_z: depth in meters below which LiDAR points are dropped (d_min of Eq. (18)).
     lidar_sweeps: K LIDAR_TOP sweeps per sample, the keyframe and the K - 1 sweeps before it, for
         denser training ground truth. Evaluation must use 1: the keyframe sweep alone is the
@@ -247,22 +283,19 @@ class NuScenesSurround(torch.utils.data.Dataset):
         return _decode_points(arrays)  # what the next load reads: first and later loads agree
 
     def _load_image(self, path, native_size):
-        """(3, H, W) float32 in [0, 1] of a camera JPEG resized to image_size."""
+        """(3, H, W) uint8 of a camera JPEG at image_size (`decode_image`, then `resize_image`)."""
         if not os.path.isfile(path):
             raise DatasetError(f"missing camera image {path}: extract the nuScenes 'samples' "
                                f"archives into {self.dataroot}")
-        height, width = self.image_size
-        with Image.open(path) as image:
-            if image.size != (native_size[1], native_size[0]):
-                raise DatasetError(f"camera image {path} is {image.size[0]}x{image.size[1]}, "
-                                   f"its sample_data says {native_size[1]}x{native_size[0]}: "
-                                   f"re-extract it")
-            image = image.convert("RGB")
-            if image.size != (width, height):
-                # PIL widens the bilinear kernel when it shrinks: antialiased.
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.array(image)  # (H, W, 3) uint8
-        return torch.from_numpy(pixels).permute(2, 0, 1).float() / 255.0  # (3, H, W)
+        return resize_image(decode_image(path, native_size, self.image_size), self.image_size)
+
+    def native_depth(self, index):
+        """Sparse ground truth D* of sample `index` at each camera's native resolution: a list of
+        N float32 arrays (H0, W0), meters, 0 = no point; nearest point wins (the evaluation
+        protocol of SurroundDepth, `evaluate.py`). Rendered from the cached points, like `depth`."""
+        record = self.samples[index]
+        return [render_points(uvz, k, k, *native, self.min_z)
+                for native, k, uvz in zip(record["image_sizes"], record["intrinsics"], self.points(index))]
 
     def __getitem__(self, index):
         record = self.samples[index]
@@ -272,13 +305,10 @@ class NuScenesSurround(torch.utils.data.Dataset):
             images.append(self._load_image(record["image_files"][n], native))
             k_native = record["intrinsics"][n]
             k = scale_intrinsics(k_native, width / native[1], height / native[0])  # (3, 3)
-            # Back to the camera frame, X = z K^-1 (u, v, 1), then render at the output size.
-            u, v, z = uvz.T
-            points_cam = np.stack([u * z, v * z, z], axis=1) @ np.linalg.inv(k_native).T  # (P, 3)
-            depths.append(render_sparse_depth(points_cam, k, height, width, self.min_z))
+            depths.append(render_points(uvz, k_native, k, height, width, self.min_z))
             intrinsics.append(k)
         item = {
-            "images": torch.stack(images),  # (N, 3, H, W)
+            "images": torch.stack(images),  # (N, 3, H, W) uint8
             "depth": torch.from_numpy(np.stack(depths)[:, None]),  # (N, 1, H, W)
             "intrinsics": torch.from_numpy(np.stack(intrinsics)).float(),  # (N, 3, 3)
             "cam_to_ego": torch.from_numpy(record["cam_to_ego"]).float(),  # (N, 4, 4)

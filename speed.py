@@ -150,14 +150,16 @@ def train_step_times(image_size, batch_size, runs, device):
 
     from model import Student, StudentConfig
     from synthetic import SyntheticSurround
-    from teacher import build_teacher, distillation_targets
+    from cache import FARNESS_LEVELS, compact_targets, distillation_targets
+    from teacher import build_teacher
 
     items = [SyntheticSurround("train", image_size=image_size)[i] for i in range(batch_size)]
     batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
     kd_args = train.get_args(["--image-size", *map(str, image_size)])
     sup_args = train.get_args(["--image-size", *map(str, image_size), "--lambda-ckd", "0", "--lambda-vr", "0"])
     teacher = build_teacher("emulated", device=device)
-    cached = distillation_targets(teacher, batch, kd_args.vr_strip, kd_args.vr_grid)  # what the cache holds
+    compact = compact_targets(*distillation_targets(teacher, batch, kd_args.vr_strip, kd_args.vr_grid))
+    cached = (compact["farness"][:, :, None].float() / FARNESS_LEVELS, compact["similarity"])  # what the cache holds
     model = Student(StudentConfig(image_size=tuple(image_size))).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 

@@ -11,14 +11,13 @@ Defines
   raises `TeacherUnavailable` (one line, no hub traceback) when offline or weights are missing.
 - `build_random_teacher`: the same architectures with random weights, for timing without weights.
 - `EmulatedTeacher`: the synthetic world's default teacher, a relative-depth model's output made from its dense depth.
-- `build_teacher`: the name given to `--teacher` -> one of the above.
+- `build_teacher`: the name given to `--teacher` -> one of the above; `teacher_name`: its `name`
+  without building it (the key of the teacher cache, `cache.py`).
 Every teacher is called as `teacher(images, depth_dense=None)` with images (M, 3, H, W) float in
 [0, 1] and returns {'disparity': (M, 1, H, W) float32 relative inverse depth, 'features':
 (M, C, h, w) float32}. Its `name` identifies its outputs (the key of the teacher cache).
 """
-import argparse
 import hashlib
-import json
 import os
 import re
 
@@ -27,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import losses
-from cli import InputError, atomic_path, run_cli
+from cli import InputError, run_cli
 from model import IMAGENET_MEAN, IMAGENET_STD  # the same statistics DA-V2 normalises with
 
 # Pre-processing of DA-V2, from the `preprocessor_config.json` of the depth-anything/*-hf
@@ -185,7 +184,7 @@ def load_teacher(name_or_path, device="cpu", dtype=None, long_side=DEFAULT_LONG_
             f"teacher {source!r} unavailable: {reason}. Pass a local folder instead, e.g. --teacher "
             f"/path/to/Depth-Anything-V2-Small-hf (made by `hf download {TEACHER_IDS['small']} --local-dir "
             f"/path/to/Depth-Anything-V2-Small-hf` or by save_pretrained)") from None
-    name = f"{os.path.basename(os.path.normpath(source))}@{long_side}"  # cache key: checkpoint and size
+    name = teacher_name(source, long_side)  # cache key: checkpoint and size
     if dtype not in (None, torch.float32, "float32"):
         name += "-" + str(dtype).replace("torch.", "")
     return DepthAnythingTeacher(model, name, long_side).to(device)
@@ -297,6 +296,16 @@ def default_teacher(data):
     return "emulated" if data == "synthetic" else TEACHER_IDS["small"]
 
 
+def teacher_name(name, long_side=DEFAULT_LONG_SIDE):
+    """The `name` of the teacher `build_teacher(name)` builds, without loading any weights."""
+    if name == "emulated" or name.startswith("emulated:"):
+        return build_teacher(name).name  # no weights: cheap
+    if name.startswith("random-") and name[len("random-"):] in TEACHER_ARCHS:
+        return f"{name}@{long_side}"
+    source = TEACHER_IDS.get(name, str(name))
+    return f"{os.path.basename(os.path.normpath(os.path.expanduser(source)))}@{long_side}"  # checkpoint and size
+
+
 def build_teacher(name, device="cpu", long_side=DEFAULT_LONG_SIDE):
     """The teacher named by `--teacher`: 'emulated' (or 'emulated:S', strength S), 'random-small'
     (or -base, -large) for timing, a size ('small', 'base', 'large'), a Hugging Face id, or a
@@ -312,115 +321,9 @@ def build_teacher(name, device="cpu", long_side=DEFAULT_LONG_SIDE):
     return load_teacher(name, device, long_side=long_side)
 
 
-def distillation_targets(teacher, batch, strip, grid):
-    """What training needs from the teacher for a batch: the normalised farness s of Eq. (6),
-    (B, N, 1, H, W), and the border tokens (left, right) of Eq. (12), each (B, N, L, C).
-    `train.py` calls this when no cache exists; `--cache` stores exactly these, so a cached
-    run sees the same targets (up to fp16)."""
-    images = batch.get("images_teacher", batch["images"])  # un-jittered when augmenting
-    b, n = images.shape[:2]
-    dense = batch.get("depth_dense")
-    out = teacher(images.flatten(0, 1), None if dense is None else dense.flatten(0, 1))
-    farness = losses.normalised_farness(out["disparity"]).unflatten(0, (b, n))  # (B, N, 1, H, W)
-    return farness, losses.border_tokens(out["features"].unflatten(0, (b, n)), strip, tuple(grid))
+if __name__ == "__main__":  # `python teacher.py --cache ...` is `python cache.py ...` (the module imports no cache)
+    import sys
 
+    import cache
 
-def cache_file(folder, index):
-    """The path of the cache file of dataset item `index` in cache `folder`."""
-    return os.path.join(folder, f"{index:07d}.pt")
-
-
-def cache_folder(root, teacher_name, image_size, strip, grid):
-    """The cache of one teacher at one image size and token layout: its key is in the name."""
-    h, w = image_size
-    return os.path.join(root, f"{teacher_name}_{h}x{w}_strip{strip:g}_grid{grid[0]}x{grid[1]}")
-
-
-class CachedTargets(torch.utils.data.Dataset):
-    """A dataset whose items also carry the cached teacher targets (`teacher_farness`,
-    `teacher_left`, `teacher_right`), so training runs no teacher. Its length is the number of
-    samples that were cached (the first items of the split)."""
-
-    def __init__(self, dataset, folder):
-        meta_path = os.path.join(folder, "meta.json")
-        if not os.path.isfile(meta_path):
-            raise InputError(f"{folder}: no teacher cache here; write one with `python teacher.py --cache` and pass the folder it prints")
-        with open(meta_path) as f:
-            self.meta = json.load(f)
-        self.dataset, self.folder = dataset, folder
-        self.length = sum(os.path.isfile(cache_file(folder, i)) for i in range(self.meta["num_samples"]))
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, index):
-        item = dict(self.dataset[index])
-        cached = torch.load(cache_file(self.folder, index), weights_only=True)
-        item.update({f"teacher_{k}": v.float() for k, v in cached.items()})
-        return item
-
-
-def write_cache(teacher, dataset, folder, num_samples, strip, grid, device):
-    """Run the teacher once over the first `num_samples` items of `dataset`; one fp16 file per
-    item, written atomically. Items already in the cache are skipped, so an interrupted run resumes."""
-    from tqdm import tqdm
-
-    os.makedirs(folder, exist_ok=True)
-    with atomic_path(os.path.join(folder, "meta.json")) as tmp, open(tmp, "w") as f:
-        json.dump({"teacher": teacher.name, "num_samples": num_samples, "strip": strip, "grid": list(grid)}, f)
-    for i in tqdm(range(num_samples), desc=f"cache {teacher.name}", dynamic_ncols=True):
-        path = cache_file(folder, i)
-        if os.path.isfile(path):
-            continue
-        batch = {k: v[None].to(device) for k, v in dataset[i].items()}
-        farness, (left, right) = distillation_targets(teacher, batch, strip, grid)
-        with atomic_path(path) as tmp:
-            torch.save({"farness": farness[0].half().cpu(), "left": left[0].half().cpu(),
-                        "right": right[0].half().cpu()}, tmp)
-
-
-def get_args(argv=None):
-    """The cache command line: the data, teacher and token flags of train.py that define a cache."""
-    from data import DATASETS, DEFAULT_IMAGE_SIZE
-
-    p = argparse.ArgumentParser(description="Write the teacher cache of a training split (Eqs. 6, 12).")
-    p.add_argument("--cache", action="store_true", help="write the teacher cache of the training split")
-    p.add_argument("--num-samples", type=int, default=2000, help="cache the first this many items of the split")
-    p.add_argument("--cache-root", default="outputs/teacher_cache", help="root folder of all caches")
-    p.add_argument("--data", default="synthetic", choices=DATASETS, help="dataset, as train.py --data")
-    p.add_argument("--dataroot", default=None, help="dataset root folder, as train.py --dataroot")
-    p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
-                   help="nuScenes version, as train.py --version")
-    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="input size, as train.py --image-size (default: the dataset's)")
-    p.add_argument("--teacher", default="auto", help="teacher, as train.py --teacher")
-    p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
-    p.add_argument("--vr-grid", type=int, nargs=2, default=(4, 2), metavar=("GH", "GW"), help="token grid (Eq. 12)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic training worlds, as train.py --seed")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    args = p.parse_args(argv)
-    if not args.cache:
-        p.error("nothing to do: pass --cache (plus train.py's data and teacher flags)")
-    args.image_size = list(args.image_size or DEFAULT_IMAGE_SIZE[args.data])
-    if args.teacher == "auto":
-        args.teacher = default_teacher(args.data)
-    return args
-
-
-def main(argv=None):
-    """`python teacher.py --cache ...`: the teacher cache of a split, keyed by teacher and size."""
-    from data import build_dataset, split_name
-
-    args = get_args(argv)
-    device = torch.device(args.device)
-    split = split_name(args.data, args.version, "train")
-    dataset = build_dataset(args.data, split, image_size=args.image_size, dataroot=args.dataroot,
-                            version=args.version, seed=args.seed)
-    teacher = build_teacher(args.teacher, device=device)
-    folder = cache_folder(args.cache_root, teacher.name, args.image_size, args.vr_strip, args.vr_grid)
-    write_cache(teacher, dataset, folder, min(args.num_samples, len(dataset)), args.vr_strip, args.vr_grid, device)
-    print(f"teacher cache: {folder}  (train with --teacher-cache {folder})")
-
-
-if __name__ == "__main__":
-    run_cli(main)
+    run_cli(lambda: cache.main([arg for arg in sys.argv[1:] if arg != "--cache"]))

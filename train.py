@@ -26,13 +26,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import losses
+from cache import DEFAULT_CACHE_ROOT, CachedTargets, cache_key, distillation_targets, find_cache
 from cli import run_cli, write_text
-from data import DATASETS, DEFAULT_IMAGE_SIZE, build_dataset, depth_range, split_name
-from evaluate import evaluate_model
+from data import DATASETS, DEFAULT_IMAGE_SIZE, batch_to_device, build_dataset, depth_range, split_name
+from evaluate import METRIC_KEYS, evaluate_model
 from model import Student, StudentConfig, load_checkpoint, save_checkpoint
 from rig import ADJACENT_PAIRS
 from run_state import check_out, drop_log_after, rng_state, set_rng_state
-from teacher import CachedTargets, build_teacher, default_teacher, distillation_targets
+from teacher import build_teacher, default_teacher
 
 # Default training length per dataset: the synthetic demo takes ~5 minutes on 2 CPU cores.
 DEFAULT_STEPS = {"synthetic": 300, "nuscenes": 30000}
@@ -41,6 +42,7 @@ DEFAULT_STEPS = {"synthetic": 300, "nuscenes": 30000}
 ONE_CYCLE_WARMUP = 0.1
 ONE_CYCLE_DIV = 25.0
 ONE_CYCLE_FINAL_DIV = 1e3
+PREFETCH_BATCHES = 4  # batches each DataLoader worker loads ahead (torch's default is 2)
 
 
 def get_args(argv=None):
@@ -74,7 +76,9 @@ def get_args(argv=None):
     p.add_argument("--teacher", default="auto",
                    help="'auto' (emulated on synthetic, Depth-Anything-V2-Small on nuScenes), 'emulated' (strength 1; 'emulated:S' for S), "
                         "a Hugging Face id or a local Depth Anything V2 folder")
-    p.add_argument("--teacher-cache", default=None, help="folder written by `teacher.py --cache` (default: none)")
+    p.add_argument("--teacher-cache", default="auto",
+                   help="teacher cache folder written by `cache.py` (checked against this run); 'auto' (default): the "
+                        f"cache under {DEFAULT_CACHE_ROOT} made for this run's flags, if any; 'none': run the teacher")
     p.add_argument("--lambda-ckd", type=float, default=0.1,
                    help="weight of L_CKD (Eq. 17); 0 turns CKD off (0.1: see the README's ablation)")
     p.add_argument("--lambda-cross", type=float, default=1.0, help="lambda_x, weight of L_cross inside L_CKD (Eq. 11)")
@@ -235,7 +239,7 @@ def validate(model, val_set, device, rank, world):
         dist.all_gather_object(parts, part)
     parts = [(m, n) for m, n in parts if n > 0]
     total = sum(n for _, n in parts)
-    return {k: sum(m[k] * n for m, n in parts) / total for k in parts[0][0]}
+    return {k: sum(m[k] * n for m, n in parts) / total for k in METRIC_KEYS}
 
 
 # Flags a resumed run may change; every other flag (data, image size, losses, seed, ...) is
@@ -315,15 +319,21 @@ def main(argv=None):
 
     objective_cfg = loss_config(args)
     teacher = None
-    if (args.lambda_ckd > 0 or args.lambda_vr > 0) and args.teacher_cache is None:
-        teacher = build_teacher(args.teacher, device=device)
-    if args.teacher_cache is not None:
-        train_set = CachedTargets(train_set, args.teacher_cache)
+    if args.lambda_ckd > 0 or args.lambda_vr > 0:  # teacher targets: from a cache made for this run, or live
+        cache = find_cache(DEFAULT_CACHE_ROOT, cache_key(args)) if args.teacher_cache == "auto" else args.teacher_cache
+        if cache in (None, "none"):
+            teacher = build_teacher(args.teacher, device=device)
+        else:
+            train_set = CachedTargets(train_set, cache, cache_key(args))
+            if main_process:
+                print(f"teacher cache: using {cache} (its first {len(train_set)} items; --teacher-cache none: "
+                      "run the teacher instead)", file=sys.stderr)
 
     sampler = StepSampler(len(train_set), args.batch_size, args.seed, step, args.steps, rank, world)
     workers_seed = torch.Generator().manual_seed(seed_of(args.seed, step, rank))  # not drawn from the global one
     loader = torch.utils.data.DataLoader(SeededItems(train_set), batch_sampler=sampler, num_workers=args.workers,
-                                         pin_memory=device.type == "cuda", persistent_workers=False,
+                                         pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
+                                         prefetch_factor=PREFETCH_BATCHES if args.workers > 0 else None,
                                          generator=workers_seed)
     log = open(os.path.join(args.out, "metrics.jsonl"), "a", buffering=1) if main_process else None  # per line
     if args.resume:  # the random streams as the checkpoint left them, just before its next step
@@ -332,11 +342,9 @@ def main(argv=None):
     model.train()
     for batch in bar:
         # Data and teacher targets (from the cache, or one frozen teacher pass).
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        farness, tokens = batch.pop("teacher_farness", None), None
-        if farness is not None:
-            tokens = (batch.pop("teacher_left"), batch.pop("teacher_right"))
-        elif teacher is not None:
+        batch = batch_to_device(batch, device)  # uint8 images become float in [0, 1] here
+        farness, tokens = batch.pop("teacher_farness", None), batch.pop("teacher_similarity", None)
+        if teacher is not None:
             farness, tokens = distillation_targets(teacher, batch, args.vr_strip, args.vr_grid)
         # Forward, losses, backward, step.
         lr = one_cycle_lr(step, args.steps, args.lr)

@@ -102,21 +102,27 @@ def rigid(record):
     return m
 
 
-def lidar_scan(rng):
-    """(P, 5) float32 LiDAR points (x, y, z, intensity, ring) in the LiDAR frame, firing order."""
-    elevation = np.deg2rad(BEAM_ELEVATIONS_DEG)[None, :]  # (1, 32)
-    azimuth = (np.arange(FIRINGS_PER_TURN)[:, None] + rng.uniform()) * 2 * np.pi / FIRINGS_PER_TURN
+def lidar_scan(rng, density=1):
+    """(P, 5) float32 LiDAR points (x, y, z, intensity, ring) in the LiDAR frame, firing order.
+
+    density: the HDL-32E layout with `density` times the beams and the firings per turn
+    (density**2 times the points): a dense LiDAR that puts many points in one pixel at 352 x 640.
+    """
+    beams = np.linspace(BEAM_ELEVATIONS_DEG[0], BEAM_ELEVATIONS_DEG[-1], len(BEAM_ELEVATIONS_DEG) * density)
+    firings = FIRINGS_PER_TURN * density
+    elevation = np.deg2rad(beams)[None, :]  # (1, B)
+    azimuth = (np.arange(firings)[:, None] + rng.uniform()) * 2 * np.pi / firings
     height = LIDAR_TRANSLATION[2]  # the ground is this far below the LiDAR
     wall = 22.0 + 6.0 * np.sin(3 * azimuth) + 3.0 * np.cos(7 * azimuth)  # (F, 1) radius, 13-31 m
     ground = height / np.tan(-np.minimum(elevation, -1e-6))  # (1, 32) where a beam meets it
     horizontal = np.where(elevation < 0, np.minimum(ground, wall), wall)  # (F, 32)
     # Clutter (cars, poles, bushes): azimuth segments with an obstacle of random distance and
     # height, so depth jumps along a beam as in a street, not only on a smooth wall.
-    edges = np.cumsum(rng.integers(3, 40, size=FIRINGS_PER_TURN))
-    segment = np.searchsorted(edges, np.arange(FIRINGS_PER_TURN), side="right")  # (F,)
-    present = (rng.uniform(size=FIRINGS_PER_TURN) < CLUTTER_FRACTION)[segment][:, None]  # (F, 1)
-    distance = rng.uniform(*CLUTTER_DISTANCE, size=FIRINGS_PER_TURN)[segment][:, None]
-    top = rng.uniform(*CLUTTER_HEIGHT, size=FIRINGS_PER_TURN)[segment][:, None]
+    edges = np.cumsum(rng.integers(3, 40, size=firings) * density)
+    segment = np.searchsorted(edges, np.arange(firings), side="right")  # (F,)
+    present = (rng.uniform(size=firings) < CLUTTER_FRACTION)[segment][:, None]  # (F, 1)
+    distance = rng.uniform(*CLUTTER_DISTANCE, size=firings)[segment][:, None]
+    top = rng.uniform(*CLUTTER_HEIGHT, size=firings)[segment][:, None]
     below_top = height + distance * np.tan(elevation) < top  # (F, 32) the beam meets the obstacle
     blocked = present & (distance < horizontal) & below_top
     horizontal = np.where(blocked, distance + rng.uniform(0, 0.3, horizontal.shape), horizontal)
@@ -127,7 +133,7 @@ def lidar_scan(rng):
     x = distance * np.cos(elevation) * np.cos(azimuth)
     y = distance * np.cos(elevation) * np.sin(azimuth)
     z = distance * np.sin(elevation)
-    ring = np.broadcast_to(np.arange(len(BEAM_ELEVATIONS_DEG))[None], x.shape)
+    ring = np.broadcast_to(np.arange(len(beams))[None], x.shape)
     intensity = rng.uniform(0, 100, x.shape)
     points = np.stack([x, y, z, intensity, ring], axis=-1)[valid]  # (P, 5)
     return points.astype(np.float32)
@@ -229,8 +235,8 @@ def known_point_in_lidar(u, v, z, cam_calib, cam_pose, lidar_calib, lidar_pose):
     return (lidar_from_cam @ x_cam)[:3]
 
 
-def add_scene(tables, root, s, scene_name, rng):
-    """Scene s: its log, calibration, samples, ego poses, images and sweeps."""
+def add_scene(tables, root, s, scene_name, rng, density=1, image_maker=None, quality=JPEG_QUALITY):
+    """Scene s: its log, calibration, samples, ego poses, images and sweeps (see `build_dataroot`)."""
     logfile = f"n015-2018-07-2{s}-11-22-45+0800"
     log_token = token("log", scene_name)
     tables["log"].append({"token": log_token, "logfile": logfile, "vehicle": "n015",
@@ -252,18 +258,18 @@ def add_scene(tables, root, s, scene_name, rng):
             sweep_t = t_us - SWEEP_PERIOD_US
             pose = add_ego_pose(tables, scene_name, "LIDAR_TOP", sweep_t, drive, rng)
             filename = f"sweeps/LIDAR_TOP/{logfile}__LIDAR_TOP__{sweep_t}.pcd.bin"
-            write_file(root, filename, lidar_scan(rng).tofile)
+            write_file(root, filename, lidar_scan(rng, density).tofile)
             chains["LIDAR_TOP"].append(sample_data(scene_name, "LIDAR_TOP", sample_token, sweep_t,
                                                    pose, calib["LIDAR_TOP"], filename, False))
         lidar_pose = add_ego_pose(tables, scene_name, "LIDAR_TOP", t_us, drive, rng)
-        points = lidar_scan(rng)
+        points = lidar_scan(rng, density)
         for n, channel in enumerate(CAMERA_RIG):
             cam_t = t_us + int(rng.integers(-CAMERA_DELAY_US, CAMERA_DELAY_US))
             pose = add_ego_pose(tables, scene_name, channel, cam_t, drive, rng,
                                 jitter_m=CAMERA_POSE_JITTER_M, jitter_deg=CAMERA_POSE_JITTER_DEG)
-            image = camera_image(n, rng)
+            image = (image_maker or camera_image)(n, rng)
             filename = write_file(root, f"samples/{channel}/{logfile}__{channel}__{cam_t}.jpg",
-                                  lambda path: image.save(path, quality=JPEG_QUALITY))
+                                  lambda path: image.save(path, quality=quality))
             chains[channel].append(sample_data(scene_name, channel, sample_token, cam_t, pose,
                                                calib[channel], filename))
             for scene, index, known_channel, u, v, z in KNOWN_POINTS:
@@ -299,13 +305,17 @@ def add_scene(tables, root, s, scene_name, rng):
         "num_lidar_pts": 10, "num_radar_pts": 0})
 
 
-def build_dataroot(root, seed=0):
-    """Write the tiny dataroot into `root`; returns the tables, name -> list of records."""
+def build_dataroot(root, seed=0, density=1, image_maker=None, quality=JPEG_QUALITY):
+    """Write the tiny dataroot into `root`; returns the tables, name -> list of records.
+
+    density: LiDAR density (`lidar_scan`); image_maker(n, rng) -> the PIL image of camera n
+    (default `camera_image`); quality: JPEG quality of the camera images.
+    """
     rng = np.random.default_rng(seed)
     tables = {name: [] for name in TABLES}
     add_static_tables(tables, root)
     for s, scene_name in enumerate((TRAIN_SCENE, VAL_SCENE)):
-        add_scene(tables, root, s, scene_name, rng)
+        add_scene(tables, root, s, scene_name, rng, density, image_maker, quality)
     os.makedirs(os.path.join(root, VERSION), exist_ok=True)
     for name, records in tables.items():
         with open(os.path.join(root, VERSION, name + ".json"), "w") as f:

@@ -176,21 +176,26 @@ def test_evaluate_predictions_front_camera_without_ground_truth():
 
 
 def test_format_table_rows():
-    res = evaluate.evaluate_predictions(lambda b: b["depth_dense"], _fake_dataset(2), "cpu", progress=False)
+    data = _fake_dataset(2)
+    res = evaluate.evaluate_predictions(lambda b: b["depth_dense"], data, "cpu", progress=False)
     table = evaluate.format_table(res, "perfect")
     lines = table.splitlines()
-    for kind in ("sparse", "dense"):
+    for kind, gt in (("sparse", "depth"), ("dense", "depth_dense")):
         start = lines.index(f"### perfect: {kind} ground truth")
         header, rule = lines[start + 2], lines[start + 3]
-        assert header == "| camera | " + " | ".join(evaluate.METRIC_KEYS) + " |"
+        assert header == "| camera | " + " | ".join(evaluate.METRIC_KEYS + evaluate.COUNT_KEYS) + " |"
         assert rule.count("|") == header.count("|") and set(rule) <= set("|-")
         rows = lines[start + 4:start + 4 + len(CAMERAS) + 1]
         names = [r.split("|")[1].strip() for r in rows]
         assert names == list(CAMERAS) + ["all"]
         for r in rows:
             cells = [c.strip() for c in r.strip("|").split("|")]
-            assert len(cells) == len(evaluate.METRIC_KEYS) + 1
+            assert len(cells) == len(evaluate.METRIC_KEYS) + len(evaluate.COUNT_KEYS) + 1
             assert float(cells[1 + evaluate.METRIC_KEYS.index("a1")]) == 1.0
+        # the counts: 2 images per camera (12 in all) and the ground-truth pixels scored
+        counts = [[int(c) for c in r.strip("|").split("|")[-2:]] for r in rows]
+        pixels = [sum(int((item[gt][n] > 0).sum()) for item in data) for n in range(len(CAMERAS))]
+        assert counts == [[2, p] for p in pixels] + [[12, sum(pixels)]]
         assert lines[start + 4 + len(CAMERAS) + 1] == ""
     assert "std of log rho across views = 0.0000" in table
 

@@ -1,14 +1,16 @@
 """The user's main commands on nuScenes, end to end on the tiny dataroot of nuscenes_fixture.py:
-`teacher.py --cache`, `train.py --data nuscenes` (with the cache and with a live teacher loaded
-from a local Depth Anything V2 folder) and `evaluate.py` on the checkpoint."""
+`cache.py` (the teacher cache; its size per sample at 352 x 640), `train.py --data nuscenes` (with the
+cache and with a live teacher loaded from a local Depth Anything V2 folder) and `evaluate.py` on the checkpoint."""
 import os
 
 import pytest
 
+import cache
 import evaluate
 import nuscenes_fixture as fx
-import teacher
 import train
+
+CACHE_BUDGET = 150_000  # bytes per 6-view sample at 352 x 640: <= 5 GB for the 28,130 nuScenes train samples
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +24,9 @@ def test_cache_train_and_evaluate_on_nuscenes(dataroot, tiny_folder, tmp_path):
     data = ["--data", "nuscenes", "--dataroot", str(dataroot), "--version", "v1.0-mini", "--image-size", "64", "96",
             "--teacher", str(tiny_folder)]
     common = data + ["--no-pretrained", "--num-bins", "16"]
-    teacher.main(["--cache", "--num-samples", "2", "--cache-root", str(tmp_path / "cache")] + data)
+    cache.main(["--num-samples", "2", "--cache-root", str(tmp_path / "cache")] + data)
     (folder,) = [tmp_path / "cache" / d for d in os.listdir(tmp_path / "cache")]
-    assert len([f for f in os.listdir(folder) if f.endswith(".pt")]) == 2
+    assert len([f for f in os.listdir(folder) if f.endswith(".npz")]) == 2
     run_args = ["--steps", "2", "--batch-size", "1", "--val-samples", "1", "--workers", "0"]
     train.main(common + run_args + ["--teacher-cache", str(folder), "--out", str(tmp_path / "cached")])
     train.main(common + run_args + ["--out", str(tmp_path / "live")])  # the teacher runs in the loop
@@ -39,3 +41,11 @@ def test_pretrained_default_is_on_for_nuscenes_only():
     assert train.get_args([]).pretrained is False
     assert train.get_args(["--data", "nuscenes"]).image_size == [352, 640]
     assert train.get_args(["--data", "nuscenes"]).teacher == "depth-anything/Depth-Anything-V2-Small-hf"
+
+
+def test_cache_size_at_352x640(dataroot, tiny_folder, tmp_path):
+    """The compact cache of a 6-view sample at SurroundDepth's 352 x 640 stays within budget."""
+    folder = cache.main(["--num-samples", "2", "--cache-root", str(tmp_path), "--data", "nuscenes", "--dataroot",
+                         str(dataroot), "--version", "v1.0-mini", "--teacher", str(tiny_folder)])
+    sizes = [os.path.getsize(cache.cache_file(folder, i)) for i in range(2)]
+    assert all(0 < size <= CACHE_BUDGET for size in sizes), sizes
