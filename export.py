@@ -120,7 +120,8 @@ class OnnxStudent:
 
     def __init__(self, path, threads=None):
         if not os.path.isfile(path):
-            raise ExportError(f"{path}: no such ONNX file; write one with `python export.py --checkpoint CKPT --out {path}`")
+            raise ExportError(f"{path}: no such ONNX file; write one with "
+                              f"`python export.py --checkpoint CKPT --out {path}`")
         try:
             self.session = ort_session(path, threads)
         except Exception as err:  # onnxruntime's own error types: one line
@@ -167,7 +168,8 @@ def get_args(argv=None):
     p.add_argument("--out", default="student.onnx", help="the ONNX file to write")
     p.add_argument("--data", default="synthetic", choices=DATASETS, help="dataset of the surround sample of the check")
     p.add_argument("--dataroot", default=None, help="root folder of --data (nuScenes: holds samples/, v1.0-*/)")
-    p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"], help="nuScenes version")
+    p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
+                   help="nuScenes version")
     p.add_argument("--sample", type=int, default=0, help="index of the surround sample in the test split")
     return p.parse_args(argv)
 
@@ -188,7 +190,8 @@ def main(argv=None):
                 raise ExportError(f"{args.out}: onnxruntime depth deviates from torch by {deviation:.2e} (max "
                                   f"relative) > {MAX_RELATIVE_DEVIATION:g}; nothing was written, report the versions")
     except OSError as err:
-        raise ExportError(f"{args.out}: cannot write it ({err.strerror or err}); pass --out in a writable folder") from None
+        raise ExportError(f"{args.out}: cannot write it ({err.strerror or err}); "
+                          "pass --out in a writable folder") from None
     h, w = student.cfg.image_size
     print(f"{args.out}: opset {ONNX_OPSET}, N x 3 x {h} x {w} -> N x 1 x {h} x {w} meters, "
           f"{os.path.getsize(args.out) / 2**20:.1f} MB")

@@ -68,11 +68,14 @@ def get_args(argv=None):
     p.add_argument("--checkpoint", default="outputs/demo/checkpoint.pt", help="checkpoint written by train.py")
     p.add_argument("--onnx", default=None, help="an ONNX file written by export.py: run it with onnxruntime on the "
                    "CPU instead of the checkpoint")
-    p.add_argument("--sample", type=int, default=None, help="instead of files: the six views of test sample I of --data")
+    p.add_argument("--sample", type=int, default=None,
+                   help="instead of files: the six views of test sample I of --data")
     p.add_argument("--data", default="synthetic", choices=DATASETS, help="dataset of --sample")
     p.add_argument("--dataroot", default=None, help="root folder of --data (nuScenes: holds samples/, v1.0-*/)")
-    p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"], help="nuScenes version")
-    p.add_argument("--ply", action="store_true", help="with --sample: also write the fused point cloud (.ply, ego frame)")
+    p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
+                   help="nuScenes version")
+    p.add_argument("--ply", action="store_true",
+                   help="with --sample: also write the fused point cloud (.ply, ego frame)")
     p.add_argument("--ply-stride", type=int, default=1, help="keep every k-th pixel along rows and columns of the .ply")
     p.add_argument("--out", default="outputs/infer", help="folder for <name>_depth.npy / .png and the montage")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
