@@ -4,11 +4,16 @@ Defines
 - `InputError`: bad user input (a path, a file, a name); its message names the file and the fix.
 - `run_cli`: runs a script's `main` so that an InputError ends in one line, never a traceback.
 - `atomic_path`: write to a temporary file beside the target, then rename it onto the target.
+- `PROJECT_VERSION`: the version of this code, stamped into exported files (export.py).
 Imports nothing of the project, so every file may import it.
 """
 import contextlib
 import os
 import uuid
+
+# The version of the project, stamped into every exported ONNX file (export.py); raise it when the
+# exported graph or its metadata change meaning.
+PROJECT_VERSION = "0.1.0"
 
 
 class InputError(RuntimeError):

@@ -14,6 +14,13 @@ rig, FL F FR over BL B BR: the k-th image of each camera, in input order, goes i
 set of six are named in one line, never dropped in silence. Files it wrote itself, non-images,
 corrupt images and a path listed twice are skipped with one line each; nothing is written over
 an input, and every output appears whole or not at all. Exits non-zero if nothing was processed.
+
+    python infer.py --onnx student.onnx img_dir/         # the same, run by onnxruntime (export.py)
+    python infer.py --sample 0 --ply [--ply-stride 2]    # a surround sample of --data, with calibration
+
+`--sample I` takes the six views of test sample I of --data (synthetic, or nuScenes with
+--dataroot) instead of files; `--ply` adds `<data>_<split>_<I>_points.ply`, the fused six-view
+point cloud in the ego frame (pointcloud.py: the lifting of Eq. (20)).
 """
 import argparse
 import collections
@@ -26,9 +33,12 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from cli import InputError, atomic_path, run_cli
+from data import DATASETS, build_dataset, split_name
+from export import OnnxStudent
 from model import load_checkpoint
+from pointcloud import surround_points, write_ply
 from rig import CAMERAS
-from viz import colorize, montage, save_png
+from viz import colorize, montage, save_png, to_uint8
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_SUFFIX = "_depth"  # infer.py's own outputs end in this; they are never read as inputs
@@ -90,19 +100,30 @@ def surround_sets(cameras):
 def get_args(argv=None):
     """The command line; every flag has help."""
     p = argparse.ArgumentParser(description="Metric depth for your own images with a trained student.")
-    p.add_argument("input", help="an image, a folder of images, or a .txt file listing image paths")
+    p.add_argument("input", nargs="?", help="an image, a folder of images, or a .txt file listing image paths")
     p.add_argument("--checkpoint", default="outputs/demo/checkpoint.pt", help="checkpoint written by train.py")
+    p.add_argument("--onnx", default=None, help="an ONNX file written by export.py: run it with onnxruntime on the "
+                   "CPU instead of the checkpoint")
+    p.add_argument("--sample", type=int, default=None,
+                   help="instead of files: the six views of test sample I of --data")
+    p.add_argument("--data", default="synthetic", choices=DATASETS, help="dataset of --sample")
+    p.add_argument("--dataroot", default=None, help="root folder of --data (nuScenes: holds samples/, v1.0-*/)")
+    p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
+                   help="nuScenes version")
+    p.add_argument("--ply", action="store_true",
+                   help="with --sample: also write the fused point cloud (.ply, ego frame)")
+    p.add_argument("--ply-stride", type=int, default=1, help="keep every k-th pixel along rows and columns of the .ply")
     p.add_argument("--out", default="outputs/infer", help="folder for <name>_depth.npy / .png and the montage")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device (the GPU when there is one)")
+                   help="torch device (the GPU when there is one; --onnx runs on the CPU)")
     return p.parse_args(argv)
 
 
 def write_outputs(model, pending, out_dir, tiles):
     """Run one batch [(path, name, image)] and write <name>_depth.npy / .png for each; the
-    coloured depth of each image with a camera name goes into `tiles` -> count written."""
-    written = 0
+    coloured depth of each image with a camera name goes into `tiles` -> the depth maps written."""
+    written = []
     for (path, name, _), depth in zip(pending, model.infer_images([image for _, _, image in pending])):
         npy, png = (os.path.join(out_dir, name + OUTPUT_SUFFIX + e) for e in (".npy", ".png"))
         with atomic_path(npy) as tmp:
@@ -111,7 +132,7 @@ def write_outputs(model, pending, out_dir, tiles):
         save_png(colored, png)
         if camera_of(path):
             tiles[path] = colored
-        written += 1
+        written.append(depth)
         tqdm.write(f"{path} -> {npy} (depth {depth.min():.1f}-{depth.max():.1f} m)")
     return written
 
@@ -131,9 +152,50 @@ def write_montages(tiles, out_dir):
     return written
 
 
+def load_model(args):
+    """The student of --onnx (onnxruntime) or of --checkpoint (torch, in its inference form)."""
+    if args.onnx:
+        return OnnxStudent(args.onnx)
+    model, _ = load_checkpoint(args.checkpoint, torch.device(args.device))
+    return model.for_inference()  # BatchNorm folded, channels_last: same depth, faster
+
+
+def infer_sample(args, model):
+    """--sample I: depth for the six views of test sample I of --data, the montage, and with --ply the
+    fused point cloud -> the number of views processed."""
+    split = split_name(args.data, args.version, "test")
+    dataset = build_dataset(args.data, split, image_size=model.cfg.image_size, dataroot=args.dataroot,
+                            version=args.version)
+    if not 0 <= args.sample < len(dataset):
+        raise InputError(f"--sample {args.sample}: {args.data} {split} has samples 0-{len(dataset) - 1}; pick one")
+    sample = dataset[args.sample]
+    images = [to_uint8(image) for image in sample["images"].numpy()]  # (H, W, 3) uint8 each
+    stem = f"{args.data}_{split}_{args.sample}"
+    out_dir, tiles = os.path.abspath(args.out), {}
+    views = [(f"{stem}_{cam}.png", f"{stem}_{cam}", im) for cam, im in zip(CAMERAS, images)]
+    depths = write_outputs(model, views, out_dir, tiles)
+    write_montages(tiles, out_dir)
+    if args.ply:
+        cloud = surround_points(np.stack(depths), np.stack(images), sample["intrinsics"].numpy(),
+                                sample["cam_to_ego"].numpy(), args.ply_stride)
+        path = os.path.join(out_dir, f"{stem}_points.ply")
+        write_ply(path, cloud)
+        print(f"point cloud ({len(cloud)} points, pixel stride {args.ply_stride}) -> {path}")
+    return len(depths)
+
+
 def main(argv=None):
     """Run the CLI; returns the number of images processed."""
     args = get_args(argv)
+    if args.ply_stride < 1:
+        raise InputError(f"--ply-stride {args.ply_stride}: must be >= 1; pass 1 to keep every pixel")
+    if args.sample is not None or args.ply:
+        if args.sample is None or args.input:
+            raise InputError("--sample: a point cloud needs calibration, which image files lack; pass --sample I "
+                             "(and --data, --dataroot) instead of an input")
+        return infer_sample(args, load_model(args))
+    if args.input is None:
+        raise InputError("infer.py: no input; pass an image, a folder or a .txt list, or --sample I")
     paths, seen = [], set()
     for path in list_inputs(args.input):
         stem, ext = os.path.splitext(os.path.basename(path))
@@ -146,8 +208,7 @@ def main(argv=None):
             seen.add(os.path.abspath(path))
     if not paths:  # before loading a model or drawing a progress bar
         raise InputError(f"{args.input}: no readable image was found; pass .jpg/.png images or a .txt list of them")
-    model, _ = load_checkpoint(args.checkpoint, torch.device(args.device))
-    model = model.for_inference()  # BatchNorm folded, channels_last: same depth, faster
+    model = load_model(args)
     out_dir = os.path.abspath(args.out)
     done, tiles, pending = 0, {}, []
     for path, name in tqdm(list(zip(paths, output_names(paths))), desc="infer", unit="image", dynamic_ncols=True):
@@ -158,10 +219,10 @@ def main(argv=None):
             tqdm.write(f"skip {path}: unreadable image ({err.__class__.__name__})")
             continue
         if len(pending) == args.batch_size:
-            done += write_outputs(model, pending, out_dir, tiles)
+            done += len(write_outputs(model, pending, out_dir, tiles))
             pending = []
     if pending:
-        done += write_outputs(model, pending, out_dir, tiles)
+        done += len(write_outputs(model, pending, out_dir, tiles))
     write_montages(tiles, out_dir)
     if done == 0:
         raise InputError(f"{args.input}: no readable image was found; pass .jpg/.png images or a .txt list of them")
