@@ -6,7 +6,9 @@ Takes an image file, a folder of images, or a .txt list of image paths. For each
 writes `<name>_depth.npy` (float32 meters at the original resolution) and `<name>_depth.png`
 (inverse depth colour-mapped over a robust range) into --out. When the inputs hold the six
 nuScenes camera names (e.g. `..._CAM_FRONT_LEFT_...jpg` or `CAM_FRONT_LEFT.png`), it also
-writes `surround_depth.png` laid out like the rig: FL F FR over BL B BR. Files it wrote
+writes `surround_depth.png` laid out like the rig: FL F FR over BL B BR. DDAD's camera names
+(CAMERA_01 .. CAMERA_09) count too, in the file name or its folder (DDAD's rgb/CAMERA_05/<time>.png:
+then the outputs are named CAMERA_05_<time>_depth.*, as the six views share one time). Files it wrote
 itself, non-images and corrupt images are skipped with one line each; nothing is written over
 an input, and every output appears whole or not at all. Exits non-zero if nothing was processed.
 """
@@ -20,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from cli import InputError, atomic_path, run_cli
+from ddad import DDAD_CAMERAS
 from model import load_checkpoint
 from rig import CAMERAS
 from viz import colorize, montage, save_png
@@ -42,13 +45,31 @@ def list_inputs(source):
     raise InputError(f"{source}: no such file or folder; pass an image, a folder of images or a .txt list")
 
 
-def camera_of(path):
-    """The nuScenes camera name in a file name (whole token, so CAM_FRONT != CAM_FRONT_LEFT), or None."""
-    stem = os.path.splitext(os.path.basename(path))[0]
-    for cam in sorted(CAMERAS, key=len, reverse=True):
-        if re.search(rf"(?<![A-Z]){cam}(?![A-Z]|_[A-Z])", stem):
-            return cam
+def _camera_in(text):
+    """Ring index of the nuScenes or DDAD camera name in `text` (a whole token, so CAM_FRONT !=
+    CAM_FRONT_LEFT and CAMERA_01 != CAMERA_010), or None."""
+    names = {**{c: n for n, c in enumerate(CAMERAS)}, **{c: n for n, c in enumerate(DDAD_CAMERAS)}}
+    for cam in sorted(names, key=len, reverse=True):
+        if re.search(rf"(?<![A-Z0-9]){cam}(?![A-Z0-9]|_[A-Z])", text):
+            return names[cam]
     return None
+
+
+def camera_of(path):
+    """Ring index (the order of rig.CAMERAS) of the camera named in a file name or, failing that,
+    in its folder's name (DDAD's rgb/CAMERA_01/<time>.png), or None."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    found = _camera_in(stem)
+    return _camera_in(os.path.basename(os.path.dirname(os.path.abspath(path)))) if found is None else found
+
+
+def output_stem(path):
+    """The stem of an image's outputs: its own, prefixed with its folder's name when only the
+    folder names the camera (DDAD's six views of one sample share a file name)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if _camera_in(stem) is None and camera_of(path) is not None:
+        return os.path.basename(os.path.dirname(os.path.abspath(path))) + "_" + stem
+    return stem
 
 
 def get_args(argv=None):
@@ -67,14 +88,13 @@ def write_outputs(model, pending, out_dir, tiles):
     """Run one batch [(path, image)] and write <name>_depth.npy / .png for each -> count written."""
     written = 0
     for (path, _), depth in zip(pending, model.infer_images([image for _, image in pending])):
-        stem = os.path.splitext(os.path.basename(path))[0]
-        npy, png = (os.path.join(out_dir, stem + OUTPUT_SUFFIX + e) for e in (".npy", ".png"))
+        npy, png = (os.path.join(out_dir, output_stem(path) + OUTPUT_SUFFIX + e) for e in (".npy", ".png"))
         with atomic_path(npy) as tmp:
             np.save(tmp, depth.astype(np.float32), allow_pickle=False)
         colored = colorize(depth)
         save_png(colored, png)
         camera = camera_of(path)
-        if camera:
+        if camera is not None:
             tiles[camera] = colored
         written += 1
         tqdm.write(f"{path} -> {npy} (depth {depth.min():.1f}-{depth.max():.1f} m)")
@@ -111,7 +131,7 @@ def main(argv=None):
         done += write_outputs(model, pending, out_dir, tiles)
     if len(tiles) == len(CAMERAS):
         path = os.path.join(out_dir, "surround" + OUTPUT_SUFFIX + ".png")  # skipped as input, like the rest
-        save_png(montage([tiles[c] for c in CAMERAS]), path)
+        save_png(montage([tiles[n] for n in range(len(CAMERAS))]), path)
         print(f"surround montage -> {path}")
     if done == 0:
         raise InputError(f"{args.input}: no readable image was found; pass .jpg/.png images or a .txt list of them")

@@ -322,7 +322,9 @@ def distillation_targets(teacher, batch, strip, grid):
     dense = batch.get("depth_dense")
     out = teacher(images.flatten(0, 1), None if dense is None else dense.flatten(0, 1))
     farness = losses.normalised_farness(out["disparity"]).unflatten(0, (b, n))  # (B, N, 1, H, W)
-    return farness, losses.border_tokens(out["features"].unflatten(0, (b, n)), strip, tuple(grid))
+    features = out["features"].unflatten(0, (b, n))  # (B, N, C, h, w)
+    # Self-occlusion masks (DDAD, `omega`): the tokens pool the kept pixels only, as the student's.
+    return farness, losses.border_tokens(features, strip, tuple(grid), batch.get("omega"))
 
 
 def cache_file(folder, index):
@@ -330,23 +332,30 @@ def cache_file(folder, index):
     return os.path.join(folder, f"{index:07d}.pt")
 
 
-def cache_folder(root, teacher_name, image_size, strip, grid):
-    """The cache of one teacher at one image size and token layout: its key is in the name."""
+def cache_folder(root, teacher_name, image_size, strip, grid, masked=False):
+    """The cache of one teacher at one image size and token layout (tokens pooled with
+    self-occlusion masks or not): its key is in the name."""
     h, w = image_size
-    return os.path.join(root, f"{teacher_name}_{h}x{w}_strip{strip:g}_grid{grid[0]}x{grid[1]}")
+    return os.path.join(root, f"{teacher_name}_{h}x{w}_strip{strip:g}_grid{grid[0]}x{grid[1]}"
+                              + ("_masked" if masked else ""))
 
 
 class CachedTargets(torch.utils.data.Dataset):
     """A dataset whose items also carry the cached teacher targets (`teacher_farness`,
     `teacher_left`, `teacher_right`), so training runs no teacher. Its length is the number of
-    samples that were cached (the first items of the split)."""
+    samples that were cached (the first items of the split). masks: the --ddad-masks folder of
+    the training run (or None), which must be the one the cache was written with."""
 
-    def __init__(self, dataset, folder):
+    def __init__(self, dataset, folder, masks=None):
         meta_path = os.path.join(folder, "meta.json")
         if not os.path.isfile(meta_path):
             raise InputError(f"{folder}: no teacher cache here; write one with `python teacher.py --cache` and pass the folder it prints")
         with open(meta_path) as f:
             self.meta = json.load(f)
+        if _mask_key(self.meta.get("masks")) != _mask_key(masks):
+            raise InputError(f"{folder}: this teacher cache was written with self-occlusion masks "
+                             f"{self.meta.get('masks')}, the run has {masks} ; rewrite it with `python teacher.py "
+                             f"--cache --ddad-masks` as the run, or pass the run's masks")
         self.dataset, self.folder = dataset, folder
         self.length = sum(os.path.isfile(cache_file(folder, i)) for i in range(self.meta["num_samples"]))
 
@@ -360,14 +369,21 @@ class CachedTargets(torch.utils.data.Dataset):
         return item
 
 
-def write_cache(teacher, dataset, folder, num_samples, strip, grid, device):
+def _mask_key(masks):
+    """The identity of a --ddad-masks folder in a cache's meta.json: its absolute path, or None."""
+    return None if masks is None else os.path.abspath(masks)
+
+
+def write_cache(teacher, dataset, folder, num_samples, strip, grid, device, masks=None):
     """Run the teacher once over the first `num_samples` items of `dataset`; one fp16 file per
-    item, written atomically. Items already in the cache are skipped, so an interrupted run resumes."""
+    item, written atomically. Items already in the cache are skipped, so an interrupted run resumes.
+    masks: the dataset's --ddad-masks folder (its items' `omega` pool the tokens), or None."""
     from tqdm import tqdm
 
     os.makedirs(folder, exist_ok=True)
     with atomic_path(os.path.join(folder, "meta.json")) as tmp, open(tmp, "w") as f:
-        json.dump({"teacher": teacher.name, "num_samples": num_samples, "strip": strip, "grid": list(grid)}, f)
+        json.dump({"teacher": teacher.name, "num_samples": num_samples, "strip": strip, "grid": list(grid),
+                   "masks": _mask_key(masks)}, f)
     for i in tqdm(range(num_samples), desc=f"cache {teacher.name}", dynamic_ncols=True):
         path = cache_file(folder, i)
         if os.path.isfile(path):
@@ -389,6 +405,7 @@ def get_args(argv=None):
     p.add_argument("--cache-root", default="outputs/teacher_cache", help="root folder of all caches")
     p.add_argument("--data", default="synthetic", choices=DATASETS, help="dataset, as train.py --data")
     p.add_argument("--dataroot", default=None, help="dataset root folder, as train.py --dataroot")
+    p.add_argument("--ddad-masks", default=None, help="DDAD self-occlusion masks, as train.py --ddad-masks")
     p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
                    help="nuScenes version, as train.py --version")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -402,6 +419,8 @@ def get_args(argv=None):
     if not args.cache:
         p.error("nothing to do: pass --cache (plus train.py's data and teacher flags)")
     args.image_size = list(args.image_size or DEFAULT_IMAGE_SIZE[args.data])
+    if args.ddad_masks is not None and args.data != "ddad":
+        p.error("--ddad-masks needs --data ddad")
     if args.teacher == "auto":
         args.teacher = default_teacher(args.data)
     return args
@@ -414,11 +433,14 @@ def main(argv=None):
     args = get_args(argv)
     device = torch.device(args.device)
     split = split_name(args.data, args.version, "train")
+    masks = {"masks": args.ddad_masks} if args.ddad_masks else {}
     dataset = build_dataset(args.data, split, image_size=args.image_size, dataroot=args.dataroot,
-                            version=args.version, seed=args.seed)
+                            version=args.version, seed=args.seed, **masks)
     teacher = build_teacher(args.teacher, device=device)
-    folder = cache_folder(args.cache_root, teacher.name, args.image_size, args.vr_strip, args.vr_grid)
-    write_cache(teacher, dataset, folder, min(args.num_samples, len(dataset)), args.vr_strip, args.vr_grid, device)
+    folder = cache_folder(args.cache_root, teacher.name, args.image_size, args.vr_strip, args.vr_grid,
+                          args.ddad_masks is not None)
+    write_cache(teacher, dataset, folder, min(args.num_samples, len(dataset)), args.vr_strip, args.vr_grid, device,
+                args.ddad_masks)
     print(f"teacher cache: {folder}  (train with --teacher-cache {folder})")
 
 
