@@ -46,11 +46,11 @@ def list_inputs(source):
 
 
 def _camera_in(text):
-    """Ring index of the nuScenes or DDAD camera name in `text` (a whole token, so CAM_FRONT !=
-    CAM_FRONT_LEFT and CAMERA_01 != CAMERA_010), or None."""
+    """Ring index of the nuScenes or DDAD camera name in `text`, any case (a whole token, so
+    CAM_FRONT != CAM_FRONT_LEFT and CAMERA_01 != CAMERA_010), or None."""
     names = {**{c: n for n, c in enumerate(CAMERAS)}, **{c: n for n, c in enumerate(DDAD_CAMERAS)}}
     for cam in sorted(names, key=len, reverse=True):
-        if re.search(rf"(?<![A-Z0-9]){cam}(?![A-Z0-9]|_[A-Z])", text):
+        if re.search(rf"(?<![A-Z0-9]){cam}(?![A-Z0-9]|_[A-Z])", text.upper()):
             return names[cam]
     return None
 

@@ -174,7 +174,7 @@ def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0, 
     keep = omega.to(teacher_probs.dtype).flatten(0, 1)  # (B*N, 1, H, W)
     weight = F.adaptive_avg_pool2d(keep, (h, w))  # (B*N, 1, h, w) share of kept pixels
     p_t = F.adaptive_avg_pool2d(teacher_probs.flatten(0, 1) * keep, (h, w))  # (B*N, K, h, w)
-    p_t = (p_t / weight.clamp_min(torch.finfo(p_t.dtype).tiny)).reshape(b, n, k, h, w)
+    p_t = (p_t / torch.where(weight > 0, weight, 1.0)).reshape(b, n, k, h, w)
     kl = (torch.xlogy(p_t, p_t) - p_t * log_q).sum(dim=2, keepdim=True)  # (B, N, 1, h, w)
     weight = weight.reshape(b, n, 1, h, w)
     kd = (kl * weight).sum() / weight.sum().clamp_min(torch.finfo(kl.dtype).tiny)  # mean over Omega
@@ -204,7 +204,7 @@ def border_tokens(feats, strip=0.25, grid=(4, 2), omega=None):
         else:  # masked average pooling: mean(omega x) / mean(omega) in every grid cell
             share = F.adaptive_avg_pool2d(keep[..., side], grid)  # (B*N, 1, g_h, g_w)
             pooled = F.adaptive_avg_pool2d(x[..., side] * keep[..., side], grid)  # (B*N, C, g_h, g_w)
-            pooled = pooled / share.clamp_min(torch.finfo(x.dtype).tiny)
+            pooled = pooled / torch.where(share > 0, share, 1.0)  # no kept pixel: 0, and a zero gradient
         t = pooled.flatten(2).transpose(1, 2)  # (B*N, L, C)
         tokens.append(F.normalize(t, dim=-1).reshape(b, n, -1, c))  # (B, N, L, C)
     return tokens[0], tokens[1]

@@ -19,7 +19,7 @@ from pyquaternion import Quaternion
 import data
 import ddad
 import ddad_fixture as fx
-from cli import DatasetError
+from cli import DatasetError, InputError
 from rig import ADJACENT_PAIRS, CAMERAS
 
 SIZE = (76, 121)  # half the fixture's native size: pixel borders fall on native borders
@@ -324,3 +324,72 @@ def test_cache_size_on_a_realistic_sample(tmp_path):
           f"({size / sum(map(len, points)):.2f} B/point), {seconds:.2f} s for the first load; "
           f"extrapolated to {TRAIN_SAMPLES + VAL_SAMPLES} samples: {total / 1e9:.2f} GB")
     assert total < DDAD_CACHE_BUDGET
+
+
+def test_masks_become_omega(dataroot, tmp_path):
+    masks = fx.write_masks(str(tmp_path / "masks"))
+    item = make(dataroot, masks=masks)[0]
+    omega = item["omega"]
+    assert omega.dtype == torch.bool and omega.shape == (6, 1) + SIZE
+    assert omega[0].all()  # CAMERA_01 sees no part of the car
+    rows = omega[1:, 0].all(dim=-1)  # (5, H): which rows are kept
+    cut = int(SIZE[0] * 0.75)
+    assert rows[:, :cut].all() and not rows[:, cut + 1:].any()
+    assert "omega" not in make(dataroot)[0]  # without masks nothing changes
+
+
+def test_bev_figure_on_a_ddad_sample(dataroot):
+    """viz.bev_figure on the ground truth of a DDAD sample: each camera's dots lie around the
+    direction of its optical axis, front up, left to the left."""
+    import viz
+
+    item = make(dataroot)[1]
+    depth = item["depth"][:, 0].numpy()
+    image = viz.bev_figure({"ground truth": depth}, item["intrinsics"].numpy(), item["cam_to_ego"].numpy(),
+                           extent=40.0, names=ddad.DDAD_CAMERAS)
+    assert image.shape == (viz.BEV_PANEL_SIZE, viz.BEV_PANEL_SIZE, 3)
+    center = viz.BEV_PANEL_SIZE / 2
+    for n, name in enumerate(ddad.DDAD_CAMERAS):
+        rows, cols = np.nonzero((image == viz.CAMERA_COLORS[n]).all(axis=-1))
+        assert len(rows) > 100, name
+        angle = np.degrees(np.arctan2(center - np.median(cols), center - np.median(rows)))  # + left, 0 ahead
+        assert abs((angle - fx.CAMERA_RIG[name][0] + 180) % 360 - 180) < 30, (name, angle)
+
+
+def test_train_evaluate_infer_and_teacher_cache_on_ddad(dataroot, tiny_folder, tmp_path):
+    import evaluate
+    import infer
+    import teacher
+    import train
+
+    masks = fx.write_masks(str(tmp_path / "masks"))
+    data_flags = ["--data", "ddad", "--dataroot", dataroot, "--image-size", "64", "96", "--teacher", str(tiny_folder)]
+    run = ["--no-pretrained", "--num-bins", "16", "--steps", "1", "--batch-size", "1", "--val-samples", "1",
+           "--workers", "0"]
+    teacher.main(["--cache", "--num-samples", "1", "--cache-root", str(tmp_path / "cache"), "--ddad-masks", masks]
+                 + data_flags)
+    (folder,) = [tmp_path / "cache" / d for d in os.listdir(tmp_path / "cache")]
+    assert folder.name.endswith("_masked") and len(list(folder.glob("*.pt"))) == 1
+    train.main(data_flags + run + ["--ddad-masks", masks, "--teacher-cache", str(folder), "--out", str(tmp_path / "c")])
+    with pytest.raises(InputError, match="masks"):  # a masked cache for an unmasked run
+        teacher.CachedTargets(make(dataroot), str(folder), masks=None)
+    train.main(data_flags + run + ["--ddad-masks", masks, "--out", str(tmp_path / "live")])  # teacher in the loop
+    checkpoint = str(tmp_path / "live" / "checkpoint.pt")
+    results = evaluate.main(["--checkpoint", checkpoint, "--data", "ddad", "--dataroot", dataroot,
+                             "--split", "val", "--out", str(tmp_path / "eval")])
+    assert results["split"] == "val" and results["student"]["num_samples"] == fx.SCENES[1][2]
+    assert np.isfinite(results["student"]["all"]["sparse"]["abs_rel"])  # 1 step: finite, not good
+    defaults = evaluate.main(["--checkpoint", checkpoint, "--max-samples", "1"])  # the checkpoint's data and dataroot
+    assert defaults["split"] == "val" and defaults["student"]["num_samples"] == 1
+    from model import load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    assert (model.cfg.min_depth, model.cfg.max_depth) == (0.1, 200.0)  # DDAD's range, not 80 m
+    # infer.py on the six images of a val sample, listed as DDAD stores them (rgb/CAMERA_XX/<time>.jpg)
+    listing = tmp_path / "sample.txt"
+    listing.write_text("\n".join(make(dataroot, "val").samples[0]["image_files"]))
+    assert infer.main([str(listing), "--checkpoint", checkpoint, "--out", str(tmp_path / "infer")]) == 6
+    written = sorted(os.listdir(tmp_path / "infer"))
+    assert "surround_depth.png" in written
+    assert sorted(f[:9].upper() for f in written if f.endswith(".npy")) == sorted(
+        ddad.DDAD_CAMERAS)  # six distinct outputs, named by their camera folder (camera_01_<time>_depth.npy)

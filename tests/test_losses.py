@@ -536,3 +536,16 @@ def test_masked_border_tokens_average_the_kept_cells():
     expected = torch.nn.functional.normalize(expected, dim=-1)
     assert torch.allclose(left[:, :, :4], expected, atol=1e-12)
     assert (left[:, :, 4:] == 0).all()  # grid rows 2, 3 lie on the car: no kept pixel, a zero token
+
+
+def test_masked_objective_has_finite_gradients_where_whole_tokens_are_masked():
+    """A token cell with no kept pixel is 0 and passes a zero gradient (not 0 * inf = NaN)."""
+    out, target, farness, tokens, cfg = _objective_case()
+    out = {k: v.clone().requires_grad_(True) for k, v in out.items()}
+    omega = torch.ones_like(target, dtype=torch.bool)
+    omega[..., 8:, :] = False  # the lower half: whole grid rows of every strip
+    loss, terms = losses.objective(out, target, cfg, farness, tokens, omega)
+    loss.backward()
+    assert all(torch.isfinite(v.grad).all() for v in out.values() if v.grad is not None)
+    assert out["features"].grad[..., 4:, :].abs().max() == 0  # no gradient from the car's pixels
+    assert out["features"].grad[..., :4, :].abs().max() > 0
