@@ -44,7 +44,9 @@ def distillation_targets(teacher, batch, strip, grid):
     dense = batch.get("depth_dense")
     out = teacher(images.flatten(0, 1), None if dense is None else dense.flatten(0, 1))
     farness = losses.normalised_farness(out["disparity"]).unflatten(0, (b, n))  # (B, N, 1, H, W)
-    return farness, losses.border_tokens(out["features"].unflatten(0, (b, n)), strip, tuple(grid))
+    features = out["features"].unflatten(0, (b, n))  # (B, N, C, h, w)
+    # Self-occlusion masks (DDAD, `omega`): the tokens pool the kept pixels only, as the student's.
+    return farness, losses.border_tokens(features, strip, tuple(grid), batch.get("omega"))
 
 
 def compact_targets(farness, tokens):
@@ -63,7 +65,8 @@ def cache_key(args):
             "version": args.version if args.data != "synthetic" else None,
             "split": split_name(args.data, args.version, "train"),
             "seed": args.seed if args.data == "synthetic" else None, "image_size": list(args.image_size),
-            "strip": args.vr_strip, "grid": list(args.vr_grid), "stride": CACHE_STRIDE}
+            "strip": args.vr_strip, "grid": list(args.vr_grid), "stride": CACHE_STRIDE,
+            "masks": None if getattr(args, "ddad_masks", None) is None else os.path.abspath(args.ddad_masks)}
 
 
 def cache_folder(root, key):
@@ -71,7 +74,8 @@ def cache_folder(root, key):
     h, w = key["image_size"]
     seed = "" if key["seed"] is None else f"-seed{key['seed']}"
     return os.path.join(root, f"{key['teacher']}_{key['data']}-{key['split']}{seed}_{h}x{w}_strip{key['strip']:g}"
-                              f"_grid{key['grid'][0]}x{key['grid'][1]}_v{key['format']}")
+                              f"_grid{key['grid'][0]}x{key['grid'][1]}{'_masked' if key['masks'] else ''}"
+                              f"_v{key['format']}")
 
 
 def cache_file(folder, index):
@@ -163,6 +167,7 @@ def get_args(argv=None):
     p.add_argument("--cache-root", default=DEFAULT_CACHE_ROOT, help="root folder of all caches (train.py looks here)")
     p.add_argument("--data", default="synthetic", choices=DATASETS, help="dataset, as train.py --data")
     p.add_argument("--dataroot", default=None, help="dataset root folder, as train.py --dataroot")
+    p.add_argument("--ddad-masks", default=None, help="DDAD self-occlusion masks, as train.py --ddad-masks")
     p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
                    help="nuScenes version, as train.py --version")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -173,6 +178,8 @@ def get_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic training worlds, as train.py --seed")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     args = p.parse_args(argv)
+    if args.ddad_masks is not None and args.data != "ddad":
+        p.error("--ddad-masks needs --data ddad")
     args.image_size = list(args.image_size or DEFAULT_IMAGE_SIZE[args.data])
     if args.teacher == "auto":
         args.teacher = default_teacher(args.data)
@@ -184,8 +191,9 @@ def main(argv=None):
     args = get_args(argv)
     device = torch.device(args.device)
     key = cache_key(args)
+    masks = {"masks": args.ddad_masks} if args.ddad_masks else {}
     dataset = build_dataset(args.data, key["split"], image_size=args.image_size, dataroot=args.dataroot,
-                            version=args.version, seed=args.seed)
+                            version=args.version, seed=args.seed, **masks)
     teacher = build_teacher(args.teacher, device=device)
     folder = cache_folder(args.cache_root, key)
     start = time.perf_counter()

@@ -2,6 +2,7 @@
 
 Defines
 - `InputError`: bad user input (a path, a file, a name); its message names the file and the fix.
+- `DatasetError`: an InputError raised by a dataset loader (nuScenes, DDAD) it cannot read as asked.
 - `run_cli`: runs a script's `main` so that an InputError ends in one line, never a traceback.
 - `atomic_path`: write to a temporary file beside the target, then rename it onto the target.
 - `PROJECT_VERSION`: the version of this code, stamped into exported files (export.py).
@@ -19,6 +20,10 @@ PROJECT_VERSION = "0.1.0"
 class InputError(RuntimeError):
     """Bad user input (a path, a file, a name). The scripts print its one-line message,
     `error: <path>: <what> ; <fix>`, instead of a traceback."""
+
+
+class DatasetError(InputError):
+    """A dataset that cannot be read as asked; the one-line message names the path and the fix."""
 
 
 def run_cli(main):

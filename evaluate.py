@@ -303,9 +303,10 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description="Evaluate a student checkpoint (Eqs. 18-20).")
     p.add_argument("--checkpoint", default="outputs/demo/checkpoint.pt", help="checkpoint written by train.py")
     p.add_argument("--data", default=None, choices=DATASETS, help="dataset (default: the checkpoint's)")
-    p.add_argument("--dataroot", default=None, help="nuScenes root folder")
+    p.add_argument("--dataroot", default=None, help="nuScenes or DDAD root folder (default: the checkpoint's)")
     p.add_argument("--version", default=None, choices=["v1.0-trainval", "v1.0-mini"], help="nuScenes version")
-    p.add_argument("--split", default=None, help="split to score (default: test on synthetic, val / mini_val on nuScenes)")
+    p.add_argument("--split", default=None,
+                   help="split to score (default: test on synthetic, val / mini_val on nuScenes, val on DDAD)")
     p.add_argument("--max-samples", type=int, default=None, help="score only the first this many samples")
     p.add_argument("--median-scaling", action="store_true", help="per-image median scaling (Eq. 18); default metric")
     p.add_argument("--protocol", default="native", choices=["native", "input"],

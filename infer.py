@@ -12,7 +12,9 @@ output overwrites another. When the inputs hold the six nuScenes camera names (e
 rig, FL F FR over BL B BR: the k-th image of each camera, in input order, goes into montage k
 (`surround_depth.png`, then `surround_2_depth.png`, ...); images of a camera beyond the last full
 set of six are named in one line, never dropped in silence. Files it wrote itself, non-images,
-corrupt images and a path listed twice are skipped with one line each; nothing is written over
+corrupt images and a path listed twice are skipped with one line each. DDAD's camera names
+(CAMERA_01 .. CAMERA_09) count too, in the file name or its folder (DDAD's rgb/CAMERA_05/<time>.png;
+six views of one sample share a stem, so their outputs are CAMERA_05_<time>_depth.*). Nothing is written over
 an input, and every output appears whole or not at all. Exits non-zero if nothing was processed.
 
     python infer.py --onnx student.onnx img_dir/         # the same, run by onnxruntime (export.py)
@@ -34,6 +36,7 @@ from tqdm import tqdm
 
 from cli import InputError, atomic_path, run_cli
 from data import DATASETS, build_dataset, split_name
+from ddad import DDAD_CAMERAS
 from export import OnnxStudent
 from model import load_checkpoint
 from pointcloud import surround_points, write_ply
@@ -58,13 +61,22 @@ def list_inputs(source):
     raise InputError(f"{source}: no such file or folder; pass an image, a folder of images or a .txt list")
 
 
-def camera_of(path):
-    """The nuScenes camera name in a file name (whole token, so CAM_FRONT != CAM_FRONT_LEFT), or None."""
-    stem = os.path.splitext(os.path.basename(path))[0]
-    for cam in sorted(CAMERAS, key=len, reverse=True):
-        if re.search(rf"(?<![A-Z]){cam}(?![A-Z]|_[A-Z])", stem):
-            return cam
+def _camera_in(text):
+    """Ring index of the nuScenes or DDAD camera name in `text`, any case (a whole token, so
+    CAM_FRONT != CAM_FRONT_LEFT and CAMERA_01 != CAMERA_010), or None."""
+    names = {**{c: n for n, c in enumerate(CAMERAS)}, **{c: n for n, c in enumerate(DDAD_CAMERAS)}}
+    for cam in sorted(names, key=len, reverse=True):
+        if re.search(rf"(?<![A-Z0-9]){cam}(?![A-Z0-9]|_[A-Z])", text.upper()):
+            return names[cam]
     return None
+
+
+def camera_of(path):
+    """Ring index (the order of rig.CAMERAS) of the camera named in a file name or, failing that,
+    in its folder's name (DDAD's rgb/CAMERA_01/<time>.png), or None."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    found = _camera_in(stem)
+    return _camera_in(os.path.basename(os.path.dirname(os.path.abspath(path)))) if found is None else found
 
 
 def output_names(paths):
@@ -87,13 +99,13 @@ def output_names(paths):
 
 
 def surround_sets(cameras):
-    """The camera of each processed image, in input order ([(path, camera or None)]) -> the
-    montages, each {camera: path} with all six (the k-th image of each camera goes into set k),
-    and the paths of camera images that fit no full set."""
-    by_camera = {cam: [path for path, c in cameras if c == cam] for cam in CAMERAS}
+    """The camera of each processed image, in input order ([(path, ring index or None)]) -> the
+    montages, each {ring index: path} with all six (the k-th image of each camera goes into set
+    k), and the paths of camera images that fit no full set."""
+    by_camera = {n: [path for path, c in cameras if c == n] for n in range(len(CAMERAS))}
     full = min(len(paths) for paths in by_camera.values())
-    sets = [{cam: by_camera[cam][k] for cam in CAMERAS} for k in range(full)]
-    left = [path for path, cam in cameras if cam and by_camera[cam].index(path) >= full]
+    sets = [{n: by_camera[n][k] for n in by_camera} for k in range(full)]
+    left = [path for path, n in cameras if n is not None and by_camera[n].index(path) >= full]
     return sets, left
 
 
@@ -130,7 +142,7 @@ def write_outputs(model, pending, out_dir, tiles):
             np.save(tmp, depth.astype(np.float32), allow_pickle=False)
         colored = colorize(depth)
         save_png(colored, png)
-        if camera_of(path):
+        if camera_of(path) is not None:
             tiles[path] = colored
         written.append(depth)
         tqdm.write(f"{path} -> {npy} (depth {depth.min():.1f}-{depth.max():.1f} m)")
@@ -145,7 +157,7 @@ def write_montages(tiles, out_dir):
     for k, group in enumerate(sets, 1):
         name = "surround" + (f"_{k}" if k > 1 else "") + OUTPUT_SUFFIX + ".png"  # skipped as input, like the rest
         written.append(os.path.join(out_dir, name))
-        save_png(montage([tiles[group[c]] for c in CAMERAS]), written[-1])
+        save_png(montage([tiles[group[n]] for n in range(len(CAMERAS))]), written[-1])
         print(f"surround montage -> {written[-1]}")
     if left:
         print(f"surround montage: left out {', '.join(left)} (no full set of the six cameras)")

@@ -138,7 +138,7 @@ def teacher_bin_probs(disparity, num_bins, sigma=None):
     return farness_bin_probs(normalised_farness(disparity), num_bins, sigma)
 
 
-def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0):
+def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0, omega=None):
     """Cross-interaction knowledge distillation, Eqs. (8)-(11). Returns {'kd': L_kd, 'cross': L_cross}.
 
     logits:        (B, N, K, h, w) student bin logits z (Eq. 4).
@@ -146,6 +146,8 @@ def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0):
     teacher_probs: (B, N, K, H, W) teacher bin probabilities P^T (Eq. 7), at ground-truth size.
     target, mask:  (B, N, 1, H, W) sparse ground truth D* in meters and its validity mask M.
     tau:           distillation temperature of Eq. (10).
+    omega:         None (every pixel counts, the Omega of Eq. 10 is the whole image) or bool
+                   (B, N, 1, H, W), True where a pixel counts (e.g. False on the ego car's body).
 
     The teacher knows the ordering (which bin) but not the scale; the ground truth knows the
     scale at sparse points. CKD crosses the two, and L_CKD = L_kd + lambda_x L_cross (Eq. 11)
@@ -163,27 +165,47 @@ def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0):
     # the pixels of each logit cell keeps a distribution. Because P^T is scale-invariant, this
     # term teaches the logit head the scene's depth ordering and nothing about meters.
     b, n, k, h, w = logits.shape
-    p_t = F.adaptive_avg_pool2d(teacher_probs.flatten(0, 1), (h, w)).reshape(b, n, k, h, w)
     log_q = torch.log_softmax(logits / tau, dim=2)  # (B, N, K, h, w)
+    if omega is None:
+        p_t = F.adaptive_avg_pool2d(teacher_probs.flatten(0, 1), (h, w)).reshape(b, n, k, h, w)
+        kl = (torch.xlogy(p_t, p_t) - p_t * log_q).sum(dim=2, keepdim=True)  # (B, N, 1, h, w)
+        return {"kd": tau**2 * kl.mean(), "cross": loss_cross}
+    # Omega of Eq. (10) given: each logit cell weighs by the share of its pixels that count, and
+    # P^T is averaged over those pixels only (a cell with none weighs 0).
+    keep = omega.to(teacher_probs.dtype).flatten(0, 1)  # (B*N, 1, H, W)
+    weight = F.adaptive_avg_pool2d(keep, (h, w))  # (B*N, 1, h, w) share of kept pixels
+    p_t = F.adaptive_avg_pool2d(teacher_probs.flatten(0, 1) * keep, (h, w))  # (B*N, K, h, w)
+    p_t = (p_t / torch.where(weight > 0, weight, 1.0)).reshape(b, n, k, h, w)
     kl = (torch.xlogy(p_t, p_t) - p_t * log_q).sum(dim=2, keepdim=True)  # (B, N, 1, h, w)
-    return {"kd": tau**2 * kl.mean(), "cross": loss_cross}
+    weight = weight.reshape(b, n, 1, h, w)
+    kd = (kl * weight).sum() / weight.sum().clamp_min(torch.finfo(kl.dtype).tiny)  # mean over Omega
+    return {"kd": tau**2 * kd, "cross": loss_cross}
 
 
-def border_tokens(feats, strip=0.25, grid=(4, 2)):
+def border_tokens(feats, strip=0.25, grid=(4, 2), omega=None):
     """Border-strip tokens of every view, Eq. (12).
 
     feats: (B, N, C, h, w) per-view feature maps (any C, any h, w).
     strip: width of each border strip as a fraction of w (rho of Eq. 12).
     grid:  (g_h, g_w) pooling grid; L = g_h * g_w tokens per strip.
+    omega: None, or bool (B, N, 1, H, W) at any resolution, True where a pixel counts: then each
+        token is a masked average, every feature cell weighed by the share of its pixels that
+        count (a token with no such pixel is 0, and stays 0 after normalising).
     Returns (left, right), each (B, N, L, C): the pooled left and right strips of every view,
     each token L2-normalised, so that only directions (not magnitudes or the basis) matter.
     """
     b, n, c, h, w = feats.shape
     width = max(1, round(strip * w))
     x = feats.flatten(0, 1)  # (B*N, C, h, w)
+    keep = None if omega is None else F.adaptive_avg_pool2d(omega.to(x.dtype).flatten(0, 1), (h, w))  # (B*N, 1, h, w)
     tokens = []
-    for part in (x[..., :width], x[..., w - width:]):  # left strip, right strip
-        pooled = F.adaptive_avg_pool2d(part, grid)  # (B*N, C, g_h, g_w)
+    for side in (slice(0, width), slice(w - width, w)):  # left strip, right strip
+        if keep is None:
+            pooled = F.adaptive_avg_pool2d(x[..., side], grid)  # (B*N, C, g_h, g_w)
+        else:  # masked average pooling: mean(omega x) / mean(omega) in every grid cell
+            share = F.adaptive_avg_pool2d(keep[..., side], grid)  # (B*N, 1, g_h, g_w)
+            pooled = F.adaptive_avg_pool2d(x[..., side] * keep[..., side], grid)  # (B*N, C, g_h, g_w)
+            pooled = pooled / torch.where(share > 0, share, 1.0)  # no kept pixel: 0, and a zero gradient
         t = pooled.flatten(2).transpose(1, 2)  # (B*N, L, C)
         tokens.append(F.normalize(t, dim=-1).reshape(b, n, -1, c))  # (B, N, L, C)
     return tokens[0], tokens[1]
@@ -257,7 +279,7 @@ class LossConfig:
     vr_student: str = "features"  # student tokens of Eq. (12): "features" or "probs" (P^S)
 
 
-def objective(out, target, cfg, farness=None, teacher_tokens=None):
+def objective(out, target, cfg, farness=None, teacher_tokens=None, omega=None):
     """The training objective, Eq. (17):
     L = L_si + beta L_bins + lambda_ckd (L_kd + lambda_x L_cross) + lambda_vr L_VRKD.
 
@@ -271,6 +293,10 @@ def objective(out, target, cfg, farness=None, teacher_tokens=None):
     teacher_tokens: (left, right) border tokens of the teacher, each (B, N, L, C_T), from
         `border_tokens` (Eq. 12), or their `border_similarity` (B, |A|, L, L); needed when
         cfg.lambda_vr > 0.
+    omega: None, or bool (B, N, 1, H, W), True where a pixel counts (False on the ego car's body):
+        the pixels Omega of the dense terms, Eq. (10), and of the student's token pooling, Eq. (12).
+        The teacher's tokens must be pooled with the same omega (`cache.distillation_targets`).
+        The supervised terms keep the mask M of the ground truth.
     Every term is computed in float32 with autocast off, whatever precision the forward ran in:
     the einsums of Eqs. (5), (8) and (13) lose too much in bf16.
     Returns (scalar loss, {term name: detached float32 scalar}) with the terms 'si', 'bins' and,
@@ -291,12 +317,12 @@ def objective(out, target, cfg, farness=None, teacher_tokens=None):
                 farness = F.interpolate(farness.flatten(0, 1), size=target.shape[-2:], mode="bilinear",
                                         align_corners=False).unflatten(0, farness.shape[:2])  # (B, N, 1, H, W)
             probs = farness_bin_probs(farness, k, cfg.sigma)  # Eq. (7), (B, N, K, H, W)
-            ckd = cross_interaction_kd(out["logits"], out["centers"], probs, target, mask, tau=cfg.tau)
+            ckd = cross_interaction_kd(out["logits"], out["centers"], probs, target, mask, cfg.tau, omega)
             terms.update(ckd)
             loss = loss + cfg.lambda_ckd * (ckd["kd"] + cfg.lambda_cross * ckd["cross"])  # Eq. (11)
         if cfg.lambda_vr > 0:
             feats = out["features"] if cfg.vr_student == "features" else torch.softmax(out["logits"], dim=2)
-            student_tokens = border_tokens(feats, cfg.vr_strip, tuple(cfg.vr_grid))  # Eq. (12)
+            student_tokens = border_tokens(feats, cfg.vr_strip, tuple(cfg.vr_grid), omega)  # Eq. (12)
             teacher_tokens = (teacher_tokens.float() if torch.is_tensor(teacher_tokens)
                               else tuple(t.float() for t in teacher_tokens))
             terms["vr"] = relational_kd(student_tokens, teacher_tokens, cfg.pairs, cfg.vr_tau)  # Eq. (14)

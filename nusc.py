@@ -1,12 +1,11 @@
 """nuScenes: six 1600 x 900 cameras, ground truth D* from the LIDAR_TOP keyframe sweep.
 
 Defines `NuScenesSurround` (keyframe samples as surround samples, the format of `data.py`), its
-splits (`NUSCENES_SPLITS`), the compressed cache of projected LiDAR points
-(`_encode_points` / `_decode_points`), image decoding (`decode_image`: JPEG draft mode;
-`resize_image`: uint8 out), `render_points` (cached points -> D* at any size, also the native
-ground truth of `NuScenesSurround.native_depth`), the training colour jitter, and `DatasetError`,
-the one-line error it raises on a dataroot it cannot read. Named `nusc.py`, not `nuscenes.py`, so
-that it never shadows the devkit's `nuscenes` package.
+splits (`NUSCENES_SPLITS`), image decoding (`decode_image`: JPEG draft mode; `resize_image`: uint8
+out), `render_points` (cached points -> D* at any size, also the native ground truth of
+`NuScenesSurround.native_depth`) and the training colour jitter. Projected LiDAR points are cached
+compressed (`rig.encode_points`); a dataroot it cannot read ends in a one-line `cli.DatasetError`.
+Named `nusc.py`, not `nuscenes.py`, so that it never shadows the devkit's `nuscenes` package.
 """
 import os
 
@@ -14,8 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cli import InputError, atomic_path
-from rig import CAMERAS, MIN_DEPTH, render_sparse_depth, scale_intrinsics
+from cli import DatasetError, atomic_path
+from rig import (CACHE_SUBPIXEL, CAMERAS, MIN_DEPTH, decode_points, encode_points, render_sparse_depth,
+                 scale_intrinsics)
 
 # Devkit version -> its splits in `nuscenes.utils.splits.create_splits_scenes()`. The full 'val'
 # split (150 scenes, 6,019 keyframe samples) is the evaluation protocol of SurroundDepth.
@@ -24,17 +24,9 @@ NUSCENES_TRAIN_SPLITS = ("train", "mini_train")  # the only splits colour jitter
 NUSCENES_IMAGE_SIZE = (352, 640)  # (H, W) network input of SurroundDepth on nuScenes
 LIDAR_CHANNEL = "LIDAR_TOP"
 LIDAR_FIELDS = 5  # a .pcd.bin sweep is float32 (x, y, z, intensity, ring index) per point
-# Cache encoding of one projected point: u, v as uint16 in units of 1/CACHE_SUBPIXEL native pixel
-# (1600 * 32 = 51,200 < 2**16), z as float16 (rounding error under 0.05 %: 3 cm at 80 m, the
-# range accuracy of the LiDAR). 6 bytes a point before compression, ~2.7 after (`_encode_points`).
-CACHE_SUBPIXEL = 32
 # Colour jitter of monodepth2's training augmentation: brightness, contrast and saturation
 # factors in [0.8, 1.2], hue shift in [-0.1, 0.1]. Photometric only: no geometry changes.
 COLOR_JITTER = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
-
-
-class DatasetError(InputError):
-    """A dataset that cannot be read as asked; the one-line message names the path and the fix."""
 
 
 def _pose(record, inverse=False):
@@ -95,14 +87,14 @@ def _project_sweeps(record, dataroot):
                                f"'sweeps' archives into {dataroot} (or use lidar_sweeps=1)")
         scan = np.fromfile(path, dtype=np.float32).reshape(-1, LIDAR_FIELDS)  # (P, 5)
         # Beam by beam (stable: in firing order along each beam), so that neighbouring points
-        # are neighbours in the image too; the cache compresses them better (`_encode_points`).
+        # are neighbours in the image too; the cache compresses them better (`rig.encode_points`).
         scan = scan[np.argsort(scan[:, 4], kind="stable")]
         clouds.append((scan[:, :3].astype(np.float64), global_from_lidar))  # (P, 3)
     projected = []
     for n, (height, width) in enumerate(record["image_sizes"]):
         if max(height, width) * CACHE_SUBPIXEL >= 2**16:  # the uint16 cache encoding's limit
             raise DatasetError(f"camera images of {height}x{width} are too large for the cache: "
-                               f"lower nusc.CACHE_SUBPIXEL")
+                               f"lower rig.CACHE_SUBPIXEL")
         uvz = []
         for xyz, global_from_lidar in clouds:
             cam_from_lidar = record["cam_from_global"][n] @ global_from_lidar  # (4, 4)
@@ -114,42 +106,6 @@ def _project_sweeps(record, dataroot):
             uvz.append(np.stack([u, v, z], axis=1)[inside])  # (P_in, 3)
         projected.append(np.concatenate(uvz))
     return projected
-
-
-def _encode_points(projected):
-    """Per camera (P_n, 3) (u, v, z) -> compact arrays for the cache, ~2.7 bytes a point zipped.
-
-    u, v become uint16 in 1/CACHE_SUBPIXEL px, z the bits of its float16. Points come along each
-    LiDAR beam (see `_project_sweeps`), so consecutive values are close: their differences,
-    split into high and low byte planes, are mostly small and repetitive, which deflate packs
-    twice as tight as the raw values.
-    """
-    uvz = np.concatenate(projected)  # (P, 3)
-    columns = np.stack([
-        np.floor(uvz[:, 0] * CACHE_SUBPIXEL).astype(np.uint16),
-        np.floor(uvz[:, 1] * CACHE_SUBPIXEL).astype(np.uint16),
-        uvz[:, 2].astype(np.float16).view(np.uint16),
-    ])  # (3, P)
-    # uint16 differences wrap around mod 2**16; the cumulative sum in `_decode_points` undoes them.
-    deltas = np.diff(columns, axis=1, prepend=np.zeros((3, 1), dtype=np.uint16))  # (3, P)
-    return {
-        "planes": np.stack([deltas >> 8, deltas & 0xFF]).astype(np.uint8),  # (2, 3, P) high, low
-        "counts": np.array([len(p) for p in projected], dtype=np.int64),  # (N,)
-    }
-
-
-def _decode_points(arrays):
-    """Cache arrays -> per camera (P_n, 3) float64 (u, v, z), u, v at the center of their cell.
-
-    The center keeps floor(u) exact at the native resolution, and keeps every point off the
-    pixel borders of resolutions whose borders fall on the 1/32 px grid (e.g. 640 or 400 of 1600).
-    """
-    planes = arrays["planes"].astype(np.uint16)  # (2, 3, P)
-    columns = np.cumsum((planes[0] << 8) | planes[1], axis=1, dtype=np.uint16)  # (3, P)
-    uv = (columns[:2].T.astype(np.float64) + 0.5) / CACHE_SUBPIXEL  # (P, 2)
-    z = columns[2].view(np.float16).astype(np.float64)  # (P,)
-    uvz = np.concatenate([uv, z[:, None]], axis=1)  # (P, 3)
-    return np.split(uvz, np.cumsum(arrays["counts"])[:-1])
 
 
 def decode_image(path, native_size, size=None):
@@ -276,11 +232,11 @@ class NuScenesSurround(torch.utils.data.Dataset):
         path = os.path.join(self.cache_dir, record["token"] + ".npz")
         if os.path.isfile(path):
             with np.load(path) as cached:
-                return _decode_points(cached)
-        arrays = _encode_points(_project_sweeps(record, self.dataroot))
+                return decode_points(cached)
+        arrays = encode_points(_project_sweeps(record, self.dataroot))
         with atomic_path(path) as tmp:  # tmp ends in .npz, so savez_compressed keeps the name
             np.savez_compressed(tmp, **arrays)
-        return _decode_points(arrays)  # what the next load reads: first and later loads agree
+        return decode_points(arrays)  # what the next load reads: first and later loads agree
 
     def _load_image(self, path, native_size):
         """(3, H, W) uint8 of a camera JPEG at image_size (`decode_image`, then `resize_image`)."""

@@ -8,6 +8,8 @@ Defines
 - `render_sparse_depth`: camera-frame points -> sparse depth map, nearest point wins (how the
   LiDAR ground truth D* is made, for the synthetic LiDAR, nuScenes and DDAD alike).
 - `scale_intrinsics`: intrinsics of a resized image.
+- `encode_points`, `decode_points`, `CACHE_SUBPIXEL`: the compressed cache of projected LiDAR
+  points that every real-data loader keeps (nuScenes, DDAD).
 - `back_project`, `project`, `sample_depth`: pixels -> ego-frame points -> pixels of another
   camera, and the depth there: the lifting of Eq. (20), the bird's-eye figure and point clouds.
 
@@ -32,6 +34,11 @@ ADJACENT_PAIRS = tuple((n, (n + 1) % len(CAMERAS)) for n in range(len(CAMERAS)))
 # Depth range d_min..d_max of Eqs. (3) and (18): the nuScenes evaluation cap of SurroundDepth.
 MIN_DEPTH = 0.1
 MAX_DEPTH = 80.0
+# Cache encoding of one projected point: u, v as uint16 in units of 1/CACHE_SUBPIXEL native pixel
+# (nuScenes 1600 * 32 = 51,200 and DDAD 1936 * 32 = 61,952, both < 2**16), z as float16 (relative
+# rounding under 2**-11: 4 cm at 80 m, 10 cm at 200 m, about the LiDARs' range accuracy). 6 bytes a
+# point before compression, ~2.7 after on nuScenes (`encode_points`).
+CACHE_SUBPIXEL = 32
 
 
 def render_sparse_depth(points_cam, intrinsics, height, width, min_z=MIN_DEPTH):
@@ -65,6 +72,44 @@ def scale_intrinsics(intrinsics, sx, sy):
     k[..., 0, :] *= sx
     k[..., 1, :] *= sy
     return k
+
+
+def encode_points(projected):
+    """Per camera (P_n, 3) (u, v, z) -> compact arrays for the cache, ~2.7 bytes a point zipped.
+
+    projected: per camera (P_n, 3) float64 (u, v, z): native pixel coordinates, 0 <= u, v <
+    max(H, W) <= 2**16 / CACHE_SUBPIXEL, and z-depth in meters. u, v become uint16 in
+    1/CACHE_SUBPIXEL px, z the bits of its float16. When points come in scan order (each loader
+    keeps its LiDAR's order, e.g. along each beam), consecutive values are close: their
+    differences, split into high and low byte planes, are mostly small and repetitive, which
+    deflate packs twice as tight as the raw values.
+    """
+    uvz = np.concatenate(projected)  # (P, 3)
+    columns = np.stack([
+        np.floor(uvz[:, 0] * CACHE_SUBPIXEL).astype(np.uint16),
+        np.floor(uvz[:, 1] * CACHE_SUBPIXEL).astype(np.uint16),
+        uvz[:, 2].astype(np.float16).view(np.uint16),
+    ])  # (3, P)
+    # uint16 differences wrap around mod 2**16; the cumulative sum in `decode_points` undoes them.
+    deltas = np.diff(columns, axis=1, prepend=np.zeros((3, 1), dtype=np.uint16))  # (3, P)
+    return {
+        "planes": np.stack([deltas >> 8, deltas & 0xFF]).astype(np.uint8),  # (2, 3, P) high, low
+        "counts": np.array([len(p) for p in projected], dtype=np.int64),  # (N,)
+    }
+
+
+def decode_points(arrays):
+    """Cache arrays -> per camera (P_n, 3) float64 (u, v, z), u, v at the center of their cell.
+
+    The center keeps floor(u) exact at the native resolution, and keeps every point off the
+    pixel borders of resolutions whose borders fall on the 1/32 px grid (e.g. 640 or 400 of 1600).
+    """
+    planes = arrays["planes"].astype(np.uint16)  # (2, 3, P)
+    columns = np.cumsum((planes[0] << 8) | planes[1], axis=1, dtype=np.uint16)  # (3, P)
+    uv = (columns[:2].T.astype(np.float64) + 0.5) / CACHE_SUBPIXEL  # (P, 2)
+    z = columns[2].view(np.float16).astype(np.float64)  # (P,)
+    uvz = np.concatenate([uv, z[:, None]], axis=1)  # (P, 3)
+    return np.split(uvz, np.cumsum(arrays["counts"])[:-1])
 
 
 def back_project(depth, intrinsics, cam_to_ego):

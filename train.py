@@ -3,6 +3,7 @@
     python train.py                              # synthetic world, the paper's method
     python train.py --lambda-ckd 0 --lambda-vr 0 # the supervised baseline, same budget
     python train.py --data nuscenes --dataroot /data/nuscenes
+    python train.py --data ddad --dataroot /data/ddad_train_val [--ddad-masks masks/]
 
 The loop in `main` reads top to bottom: data, teacher targets, forward, losses, backward,
 step, log, validate, save. The schedule (`one_cycle_lr`), the loss (`total_loss`) and the
@@ -36,7 +37,7 @@ from run_state import check_out, drop_log_after, rng_state, set_rng_state
 from teacher import build_teacher, default_teacher
 
 # Default training length per dataset: the synthetic demo takes ~5 minutes on 2 CPU cores.
-DEFAULT_STEPS = {"synthetic": 300, "nuscenes": 30000}
+DEFAULT_STEPS = {"synthetic": 300, "nuscenes": 30000, "ddad": 30000}
 # One-cycle schedule (Smith 2018, as AdaBins trains): warm up for this fraction of the steps
 # from max_lr / ONE_CYCLE_DIV to max_lr, then cosine down to max_lr / ONE_CYCLE_FINAL_DIV.
 ONE_CYCLE_WARMUP = 0.1
@@ -49,17 +50,22 @@ def get_args(argv=None):
     """The command line; every flag has help, fixed sets of values are `choices`."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="synthetic", choices=DATASETS, help="training data")
-    p.add_argument("--dataroot", default=None, help="nuScenes root folder (holds samples/, sweeps/, v1.0-*/)")
+    p.add_argument("--dataroot", default=None,
+                   help="nuScenes root folder (holds samples/, sweeps/, v1.0-*/), or DDAD's (holds ddad.json)")
+    p.add_argument("--ddad-masks", default=None,
+                   help="DDAD: folder of self-occlusion masks, CAMERA_01.png .. CAMERA_09.png, non-zero where a "
+                        "pixel counts, zero on the ego car; excluded from Eqs. (10) and (12) (default: none)")
     p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
                    help="nuScenes version; its splits are train/val or mini_train/mini_val")
     p.add_argument("--lidar-sweeps", type=int, default=1, help="nuScenes: LiDAR sweeps accumulated for training ground truth")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 300 synthetic, 30000 nuScenes)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps (default: 300 synthetic, 30000 nuScenes and DDAD)")
     p.add_argument("--batch-size", type=int, default=2, help="surround samples per step (each holds 6 views)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
     p.add_argument("--num-bins", type=int, default=64, help="K, the number of adaptive depth bins (Eqs. 2-7)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="input size, multiples of 32 (default: 96 160 synthetic, 352 640 nuScenes)")
+                   help="input size, multiples of 32 (default: 96 160 synthetic, 352 640 nuScenes, 384 640 DDAD)")
     p.add_argument("--encoder", default="resnet18", choices=["resnet18", "resnet34"], help="student encoder")
     p.add_argument("--decoder-channels", type=int, nargs="+", default=list(StudentConfig.decoder_channels),
                    help="U-Net decoder widths from stride 16 down; 3 stages decode to stride 4 (default), 4 to stride 2")
@@ -70,11 +76,11 @@ def get_args(argv=None):
                         "convex weights (model.convex_upsample)")
     p.add_argument("--shared-bins", action="store_true", help="one set of bin widths per surround sample (Eq. 2)")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="ImageNet encoder weights via torchvision (default: on for nuScenes, off for synthetic)")
+                   help="ImageNet encoder weights via torchvision (default: on for real data, off for synthetic)")
     p.add_argument("--beta-bins", type=float, default=0.0,
                    help="beta, weight of the bin chamfer loss (Eq. 17); AdaBins uses 0.1, which hurt here: see the README")
     p.add_argument("--teacher", default="auto",
-                   help="'auto' (emulated on synthetic, Depth-Anything-V2-Small on nuScenes), 'emulated' (strength 1; 'emulated:S' for S), "
+                   help="'auto' (emulated on synthetic, Depth-Anything-V2-Small on real data), 'emulated' (strength 1; 'emulated:S' for S), "
                         "a Hugging Face id or a local Depth Anything V2 folder")
     p.add_argument("--teacher-cache", default="auto",
                    help="teacher cache folder written by `cache.py` (checked against this run); 'auto' (default): the "
@@ -110,7 +116,9 @@ def get_args(argv=None):
     if args.steps is None and not args.resume:  # a resumed run keeps its own, unless given
         args.steps = DEFAULT_STEPS[args.data]
     if args.pretrained is None:
-        args.pretrained = args.data == "nuscenes"
+        args.pretrained = args.data != "synthetic"
+    if args.ddad_masks is not None and args.data != "ddad":
+        p.error("--ddad-masks needs --data ddad")
     if args.teacher == "auto":
         args.teacher = default_teacher(args.data)
     args.image_size, args.vr_grid = list(args.image_size), list(args.vr_grid)
@@ -119,6 +127,16 @@ def get_args(argv=None):
     except ValueError as err:
         p.error(str(err))
     return args
+
+
+def train_options(args):
+    """Dataset options of the training split only: nuScenes' sweeps and colour jitter, DDAD's
+    self-occlusion masks (validation and evaluation never use them)."""
+    if args.data == "nuscenes":
+        return {"lidar_sweeps": args.lidar_sweeps, "augment": True}
+    if args.data == "ddad":
+        return {"masks": args.ddad_masks}
+    return {}
 
 
 def one_cycle_lr(step, total_steps, max_lr):
@@ -245,7 +263,7 @@ def validate(model, val_set, device, rank, world):
 # Flags a resumed run may change; every other flag (data, image size, losses, seed, ...) is
 # restored from the checkpoint, so a resumed run continues the same training.
 RESUME_MAY_CHANGE = ("steps", "out", "resume", "device", "workers", "val_every", "val_samples", "amp",
-                     "teacher_cache", "dataroot")  # the data may have moved
+                     "teacher_cache", "dataroot", "ddad_masks")  # the data may have moved
 
 
 def restore_args(args, saved, cfg):
@@ -284,8 +302,7 @@ def main(argv=None):
     # Data: a surround sample is (N=6 views); batches follow StepSampler (seed, step).
     train_set = build_dataset(args.data, split_name(args.data, args.version, "train"),
                               image_size=args.image_size, dataroot=args.dataroot, version=args.version,
-                              seed=args.seed, **({"lidar_sweeps": args.lidar_sweeps, "augment": True}
-                                                 if args.data == "nuscenes" else {}))
+                              seed=args.seed, **train_options(args))
     val_set = build_dataset(args.data, split_name(args.data, args.version, "val"),
                             image_size=args.image_size, dataroot=args.dataroot, version=args.version)  # fixed worlds: seed 0
     val_set = torch.utils.data.Subset(val_set, range(min(args.val_samples, len(val_set))))
@@ -352,7 +369,8 @@ def main(argv=None):
             group["lr"] = lr
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):  # the forward only
             out = net(batch["images"])
-        loss, terms = losses.objective(out, batch["depth"], objective_cfg, farness, tokens)  # Eq. (17), fp32
+        loss, terms = losses.objective(out, batch["depth"], objective_cfg, farness, tokens,
+                                       batch.get("omega"))  # Eq. (17), fp32; omega: DDAD's masks
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -17,7 +17,8 @@ from synthetic import CAR_LENGTH, CAR_WIDTH
 # pale yellow); `colorize` interpolates linearly between them.
 COLORMAP_ANCHORS = np.array([[0, 0, 4], [80, 18, 123], [182, 54, 121], [251, 136, 97], [252, 253, 191]], float)
 ROBUST_PERCENTILE = 95  # the top of the colour range, robust to a few very near pixels
-# Montage layout of the rig as seen from above, front on top: FL F FR over BL B BR.
+# Montage layout of the rig as seen from above, front on top: FL F FR over BL B BR (ring places,
+# named as rig.CAMERAS; `montage` takes tiles in ring order, so any dataset's cameras fit).
 MONTAGE_LAYOUT = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
                   ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
 NO_DEPTH_COLOR = (40, 40, 40)  # pixels without (ground-truth) depth
@@ -102,7 +103,7 @@ def sample_figure(images, pred, gt, title=""):
     return np.asarray(picture)
 
 
-def bev_figure(depths_by_name, intrinsics, cam_to_ego, extent=40.0):
+def bev_figure(depths_by_name, intrinsics, cam_to_ego, extent=40.0, names=CAMERAS):
     """Bird's-eye view of the six views lifted to 3-D and fused in the ego frame, one panel per
     method side by side: a picture of what Eq. (20) measures (do neighbours' points coincide?).
 
@@ -110,7 +111,8 @@ def bev_figure(depths_by_name, intrinsics, cam_to_ego, extent=40.0):
     cam_to_ego (N, 4, 4). Each panel spans [-extent, extent] meters around the ego origin, ego
     x forward up the picture and y left to the left; every pixel with depth > 0 is one dot,
     coloured by its camera (CAMERA_COLORS, legend in the first panel); points outside the
-    panel are dropped. Returns (BEV_PANEL_SIZE, len(depths_by_name) * BEV_PANEL_SIZE, 3) uint8.
+    panel are dropped. names: the legend's camera names in ring order (rig.CAMERAS, or e.g.
+    ddad.DDAD_CAMERAS on DDAD). Returns (BEV_PANEL_SIZE, len(depths_by_name) * BEV_PANEL_SIZE, 3) uint8.
     """
     scale = BEV_PANEL_SIZE / (2 * extent)  # pixels per meter
     colors = np.asarray(CAMERA_COLORS, dtype=np.uint8)
@@ -132,7 +134,7 @@ def bev_figure(depths_by_name, intrinsics, cam_to_ego, extent=40.0):
         draw.rectangle((center - half_w, center - half_l, center + half_w, center + half_l), outline=(255, 255, 255))
         draw.text((4, 2), title, fill=(255, 255, 255))
         if not panels:  # the legend, once
-            for n, name in enumerate(CAMERAS):
+            for n, name in enumerate(names):
                 draw.text((4, 2 + TEXT_LINE * (n + 1)), name, fill=CAMERA_COLORS[n])
         draw.line((BEV_PANEL_SIZE - 1, 0, BEV_PANEL_SIZE - 1, BEV_PANEL_SIZE), fill=(90, 90, 90))  # separator
         panels.append(np.asarray(picture))

@@ -455,3 +455,97 @@ def test_student_gradients_kd_reaches_logit_head_not_bin_mlp(student_terms):
     reached = _reached(terms["kd"], heads)
     assert all(reached[name] for name in reached if name.startswith("logit_head."))
     assert not any(reached[name] for name in reached if name.startswith("bin_mlp."))
+
+
+# ------------------------------------------- self-occlusion masks Omega (Eqs. 10, 12, 17)
+
+def _objective_case(seed=0, b=1, n=6, k=8, h=16, w=24):
+    """Student outputs at the logit stride 4, teacher farness and tokens, a LossConfig."""
+    g = _gen(seed)
+    out = {"logits": torch.randn(b, n, k, h // 4, w // 4, generator=g),
+           "centers": torch.sort(torch.rand(b, n, k, generator=g) * 60 + 1, dim=-1).values,
+           "depth": torch.rand(b, n, 1, h, w, generator=g) * 60 + 1,
+           "features": torch.randn(b, n, 5, h // 2, w // 2, generator=g)}
+    target = torch.where(torch.rand(b, n, 1, h, w, generator=g) < 0.3, torch.rand(b, n, 1, h, w, generator=g) * 60 + 1,
+                         torch.zeros(()))
+    farness = torch.rand(b, n, 1, h, w, generator=g)
+    tokens = losses.border_tokens(torch.randn(b, n, 7, h // 4, w // 4, generator=g), 0.25, (4, 2))
+    cfg = losses.LossConfig(pairs=ADJACENT_PAIRS, min_depth=0.1, max_depth=200.0)
+    return out, target, farness, tokens, cfg
+
+
+def test_omega_all_true_changes_nothing():
+    out, target, farness, tokens, cfg = _objective_case()
+    everything = torch.ones_like(target, dtype=torch.bool)
+    loss, terms = losses.objective(out, target, cfg, farness, tokens)
+    loss_all, terms_all = losses.objective(out, target, cfg, farness, tokens, everything)
+    assert torch.equal(loss, loss_all) and all(torch.equal(terms[k], terms_all[k]) for k in terms)
+    feats = out["features"]
+    for a, b in zip(losses.border_tokens(feats), losses.border_tokens(feats, omega=everything)):
+        assert torch.equal(a, b)
+
+
+def test_masked_kd_is_the_mean_over_kept_cells_of_pooled_kept_teacher():
+    """Eq. (10) with Omega restated: each logit cell's P^T averages the kept pixels of the cell,
+    and its KL weighs by the share of kept pixels; the mean divides by the total weight."""
+    probs, centers, target, mask = _ckd_case(h=8, w=12)
+    logits = torch.randn(1, 2, 8, 4, 6, generator=_gen(21))
+    omega = torch.rand(1, 2, 1, 8, 12, generator=_gen(22)) < 0.6
+    got = losses.cross_interaction_kd(logits, centers, probs, target, mask, omega=omega)["kd"]
+    cells = probs.unflatten(3, (4, 2)).unflatten(5, (6, 2))  # (B, N, K, 4, 2, 6, 2)
+    keep = omega.float().unflatten(3, (4, 2)).unflatten(5, (6, 2))
+    count = keep.sum(dim=(4, 6))  # (B, N, 1, 4, 6)
+    p_t = (cells * keep).sum(dim=(4, 6)) / count.clamp_min(1)  # (B, N, K, 4, 6)
+    q = torch.log_softmax(logits, dim=2)
+    kl = (torch.xlogy(p_t, p_t) - p_t * q).sum(dim=2, keepdim=True)
+    explicit = (kl * count).sum() / count.sum()
+    assert got.item() == pytest.approx(explicit.item(), rel=1e-5)
+
+
+def test_masked_pixels_do_not_reach_the_dense_terms():
+    """Whatever the teacher and the features say on the masked pixels (the ego car), Eq. (10)
+    and the student's tokens of Eq. (12) stay the same; without the mask they change."""
+    out, target, farness, tokens, cfg = _objective_case()
+    omega = torch.ones_like(target, dtype=torch.bool)
+    omega[..., 12:, :] = False  # the bottom quarter: the car's bonnet
+    other_farness = farness.clone()
+    other_farness[..., 12:, :] = 1.0 - other_farness[..., 12:, :]
+    other = dict(out, features=out["features"].clone())
+    other["features"][..., 6:, :] += 5.0  # feature rows 6.. cover image rows 12..
+    target = torch.zeros_like(target)  # no LiDAR: only the dense terms act
+    _, masked = losses.objective(out, target, cfg, farness, tokens, omega)
+    _, changed = losses.objective(other, target, cfg, other_farness, tokens, omega)
+    assert masked["kd"].item() == pytest.approx(changed["kd"].item(), rel=1e-6)
+    assert masked["vr"].item() == pytest.approx(changed["vr"].item(), rel=1e-6)
+    _, plain = losses.objective(out, target, cfg, farness, tokens)
+    _, plain_changed = losses.objective(other, target, cfg, other_farness, tokens)
+    assert plain["kd"].item() != pytest.approx(plain_changed["kd"].item(), rel=1e-3)
+    assert plain["vr"].item() != pytest.approx(plain_changed["vr"].item(), rel=1e-3)
+
+
+def test_masked_border_tokens_average_the_kept_cells():
+    """Eq. (12) with Omega: a token is the mean of the kept feature cells of its grid cell."""
+    f = _feats(b=1, h=8, w=16)
+    omega = torch.ones(1, 6, 1, 16, 32, dtype=torch.bool)
+    omega[..., 8:, :] = False  # feature rows 4..7: the lower half of the grid cells 2, 3 of 4 rows
+    omega[..., 4:6, :] = False  # feature row 2: half of grid row 1 (rows 2, 3)
+    left, _ = losses.border_tokens(f, strip=0.25, grid=(4, 2), omega=omega)
+    strip = f[..., :4]  # (1, 6, C, 8, 4) left strip; grid cells of 2 x 2 features
+    expected = torch.stack([strip[..., 0:2, 0:2].mean(dim=(-1, -2)), strip[..., 0:2, 2:4].mean(dim=(-1, -2)),
+                            strip[..., 3, 0:2].mean(dim=-1), strip[..., 3, 2:4].mean(dim=-1)], dim=2)  # (1, 6, 4, C)
+    expected = torch.nn.functional.normalize(expected, dim=-1)
+    assert torch.allclose(left[:, :, :4], expected, atol=1e-12)
+    assert (left[:, :, 4:] == 0).all()  # grid rows 2, 3 lie on the car: no kept pixel, a zero token
+
+
+def test_masked_objective_has_finite_gradients_where_whole_tokens_are_masked():
+    """A token cell with no kept pixel is 0 and passes a zero gradient (not 0 * inf = NaN)."""
+    out, target, farness, tokens, cfg = _objective_case()
+    out = {k: v.clone().requires_grad_(True) for k, v in out.items()}
+    omega = torch.ones_like(target, dtype=torch.bool)
+    omega[..., 8:, :] = False  # the lower half: whole grid rows of every strip
+    loss, terms = losses.objective(out, target, cfg, farness, tokens, omega)
+    loss.backward()
+    assert all(torch.isfinite(v.grad).all() for v in out.values() if v.grad is not None)
+    assert out["features"].grad[..., 4:, :].abs().max() == 0  # no gradient from the car's pixels
+    assert out["features"].grad[..., :4, :].abs().max() > 0

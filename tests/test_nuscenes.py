@@ -18,10 +18,11 @@ import torch
 import data
 import nusc as loader  # the module; `nusc` names the devkit's NuScenes object below
 import nuscenes_fixture as fx
+import rig
 
 NATIVE = (fx.IMAGE_HEIGHT, fx.IMAGE_WIDTH)
 FLOAT_TOL = 1e-3  # px: float rounding, ~1e-4 px at most in the LiDAR frame's float32
-CACHE_TOL = 1.0 / loader.CACHE_SUBPIXEL  # native px: the cache's u, v quantisation step
+CACHE_TOL = 1.0 / rig.CACHE_SUBPIXEL  # native px: the cache's u, v quantisation step
 Z_RTOL = 1e-3  # relative: the cache's float16 depth rounds by < 2**-11
 MIN_WRONG_CHAIN_PX = 3  # px a known point must move under the wrong ego pose (a real test)
 MIN_POINTS_PER_VIEW = 1000  # the fixture's LiDAR puts >3,000 points in every view
@@ -280,7 +281,7 @@ def test_cache_round_trip_and_size(dataroot, tmp_path):
     """Encoding keeps floor(u), floor(v) at native resolution and z to float16; size in budget."""
     dataset = make(dataroot, cache_dir=str(tmp_path))
     projected = loader._project_sweeps(dataset.samples[0], dataroot)
-    decoded = loader._decode_points(loader._encode_points(projected))
+    decoded = rig.decode_points(rig.encode_points(projected))
     for exact, cached in zip(projected, decoded):
         assert exact.shape == cached.shape and len(exact) > MIN_POINTS_PER_VIEW
         np.testing.assert_array_equal(np.floor(cached[:, :2]), np.floor(exact[:, :2]))
