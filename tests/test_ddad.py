@@ -400,14 +400,14 @@ def test_train_evaluate_infer_and_teacher_cache_on_ddad(dataroot, tiny_folder, t
 
 
 def test_train_defaults_on_ddad_and_masks_need_ddad(capsys):
-    import teacher
+    import cache
     import train
 
     args = train.get_args(["--data", "ddad"])
     assert args.image_size == [384, 640] and args.pretrained is True and args.steps == 30000
     assert args.teacher == "depth-anything/Depth-Anything-V2-Small-hf" and args.ddad_masks is None
     assert train.loss_config(args).max_depth == 200.0
-    for get_args in (train.get_args, lambda argv: teacher.get_args(["--cache"] + argv)):
+    for get_args in (train.get_args, cache.get_args):
         with pytest.raises(SystemExit):
             get_args(["--data", "nuscenes", "--ddad-masks", "masks"])
         assert "--ddad-masks needs --data ddad" in capsys.readouterr().err
