@@ -241,6 +241,12 @@ def test_teacher_bin_probs_matches_reference():
     np.testing.assert_allclose(_np(got), ref_bin_probs(ref_farness(r), 6), rtol=0, atol=2e-6)
 
 
+def test_teacher_bin_probs_passes_sigma_on():
+    r = 1.0 / _rng(19).uniform(1.0, 60.0, (1, 1, 1, 6, 8))
+    got = losses.teacher_bin_probs(_t(r), 4, sigma=0.4)
+    np.testing.assert_allclose(_np(got), ref_bin_probs(ref_farness(r), 4, 0.4), rtol=0, atol=2e-6)
+
+
 # ------------------------------------------------------------------- CKD, Eqs. (8)-(11)
 
 def test_ckd_hand_computed():
@@ -677,6 +683,31 @@ def test_cross_view_consistency_pixel_set_from_ground_truth():
     res = evaluate.cross_view_consistency(pred, intrinsics, pose, wall, pairs=((0, 1),))
     assert res["mean_rel"] == pytest.approx(0.85, rel=1e-9)
     assert res["num_pixels"] == 112
+
+
+def test_cross_view_consistency_each_overlap_weighs_the_same():
+    """Pairs (0, 1) (112 pixels, e = 1/2) and (0, 0) (view 0 with itself: all 128 pixels, e = 0):
+    the sample's mean_rel is the mean over pairs, 1/4 (pixel-weighted it would be 56 / 240)."""
+    intrinsics, pose, wall = _two_cameras()
+    pred = wall * np.array([1.5, 1.0])[:, None, None]
+    res = evaluate.cross_view_consistency(pred, intrinsics, pose, wall, pairs=((0, 1), (0, 0)))
+    assert res["per_pair"][f"{CAMERAS[0]}->{CAMERAS[0]}"]["num_pixels"] == 128
+    assert res["mean_rel"] == pytest.approx(0.25, rel=1e-9)
+    assert res["num_pixels"] == 240
+
+
+def test_pool_cross_view_is_pixel_weighted_per_pair():
+    """Over samples, a pair's mean is weighted by its pixels: (0.1 x 10 + 0.4 x 30) / 40 = 0.325; a
+    sample where the pair has no pixel does not count; overall, the mean over the pairs with pixels."""
+    def sample(a, b):
+        return {"per_pair": {"A": {"mean_rel": a[0], "num_pixels": a[1]}, "B": {"mean_rel": b[0], "num_pixels": b[1]}}}
+
+    res = evaluate.pool_cross_view([sample((0.1, 10), (None, 0)), sample((0.4, 30), (0.2, 5)),
+                                    sample((None, 0), (0.6, 15))])
+    assert res["per_pair"]["A"] == {"mean_rel": pytest.approx(0.325, rel=1e-12), "num_pixels": 40}
+    assert res["per_pair"]["B"]["mean_rel"] == pytest.approx((0.2 * 5 + 0.6 * 15) / 20, rel=1e-12)
+    assert res["mean_rel"] == pytest.approx((0.325 + 0.5) / 2, rel=1e-12)
+    assert res["num_pixels"] == 60
 
 
 # ------------------------------------------------------------------------- camera geometry
