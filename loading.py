@@ -139,7 +139,8 @@ def time_ddad(ddad_root, image_size, repeats):
     indices = list(range(min(len(dataset), 4))) * repeats
     dataset[indices[0]]  # caches written on first load
     rate, cpu_rate = sample_rate(dataset, indices)
-    print(f"ddad: {rate:.2f} samples/s, {cpu_rate:.2f} per CPU second ({len(indices)} loads of {ddad_root}, one process)")
+    print(f"ddad: {rate:.2f} samples/s, {cpu_rate:.2f} per CPU second ({len(indices)} loads of {ddad_root}, "
+          "one process)")
     return rate
 
 

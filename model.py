@@ -99,9 +99,10 @@ def convex_upsample(depth, weight_logits):
     replicated, so an edge pixel never mixes in zeros."""
     m, _, h, w = depth.shape
     s = weight_logits.shape[1] // 6
-    if weight_logits.shape[1] != 6 * s or s < 1 or weight_logits.shape[0] != m or weight_logits.shape[-2:] != depth.shape[-2:]:
-        raise ValueError(f"convex_upsample: weight_logits {tuple(weight_logits.shape)} must be (M, 6 s, h, w) for depth "
-                         f"{tuple(depth.shape)}")
+    if (weight_logits.shape[1] != 6 * s or s < 1 or weight_logits.shape[0] != m
+            or weight_logits.shape[-2:] != depth.shape[-2:]):
+        raise ValueError(f"convex_upsample: weight_logits {tuple(weight_logits.shape)} must be (M, 6 s, h, w) "
+                         f"for depth {tuple(depth.shape)}")
     weights = torch.softmax(weight_logits.contiguous().view(m, 2, 3, s, h, w), dim=2)  # over 3 rows / 3 columns
     rows, cols = weights[:, 0], weights[:, 1]  # (M, 3, s, h, w): a_i[y], b_k[x]
     patches = F.unfold(F.pad(depth, (1, 1, 1, 1), mode="replicate"), 3).view(m, 3, 3, h, w)  # [y, x]

@@ -122,7 +122,8 @@ def make_world(rng):
     for kind, n, radius, height in (("pole", n_poles, (0.1, 0.2), (4, 8)), ("tree", n_trees, (0.2, 0.45), (3, 7))):
         for _ in range(n):
             side = rng.choice([-1, 1])
-            world["cylinders"].append(dict(kind=kind, center=np.array([rng.uniform(-50, 50), yc + side * (hw + rng.uniform(0.6, 2.5))]),
+            center = np.array([rng.uniform(-50, 50), yc + side * (hw + rng.uniform(0.6, 2.5))])
+            world["cylinders"].append(dict(kind=kind, center=center,
                                            radius=rng.uniform(*radius), height=rng.uniform(*height)))
     return world
 
