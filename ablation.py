@@ -21,9 +21,11 @@ import torch
 
 import evaluate
 import train
-from cli import InputError, atomic_path
+from cli import InputError, atomic_path, write_text
 from data import build_dataset
 from model import load_checkpoint
+from rig import MAX_DEPTH, MIN_DEPTH
+from teacher import build_teacher
 from viz import bev_figure, save_png
 
 # Rows of the table: the train.py flags that switch terms of Eq. (17) off; every other flag,
@@ -57,6 +59,35 @@ def synthetic_test_split(image_size):
         _TEST_SETS[key] = [test[i] for i in range(len(test))]
     return _TEST_SETS[key]
 
+
+def teacher_error(teacher, dataset, depth_range=(MIN_DEPTH, MAX_DEPTH)):
+    """The teacher's zero-shot error on `dataset`, the Depth Anything protocol: every view's
+    disparity aligned by `evaluate.affine_invariant_metrics` and scored against the dense and the
+    sparse ground truth -> {'dense': metrics, 'sparse': metrics}, means over images."""
+    rows = {"dense": [], "sparse": []}
+    for item in dataset:
+        out = teacher(item["images"], item["depth_dense"])  # the N views as a batch
+        for kind, key in (("dense", "depth_dense"), ("sparse", "depth")):
+            rows[kind] += [evaluate.affine_invariant_metrics(out["disparity"][n, 0], item[key][n, 0], *depth_range)
+                           for n in range(item["images"].shape[0])]
+    return {kind: evaluate.mean_metrics(r) for kind, r in rows.items()}
+
+
+def teacher_zero_shot(argv=None):
+    """`python benchmark.py teacher`: the emulated teacher's zero-shot error on a synthetic split."""
+    p = argparse.ArgumentParser(description="Zero-shot error of a teacher, the Depth Anything way (affine-aligned).")
+    p.add_argument("--teacher", default="emulated", help="'emulated' or 'emulated:S' (strength S)")
+    p.add_argument("--split", default="val", choices=["val", "test"], help="synthetic split to score")
+    p.add_argument("--json", default=None, help="also write the metrics here")
+    args = p.parse_args(argv)
+    dataset = build_dataset("synthetic", args.split)
+    results = teacher_error(build_teacher(args.teacher), (dataset[i] for i in range(len(dataset))))
+    for kind, m in results.items():
+        print(f"{args.teacher} {args.split} ({len(dataset)} samples), vs {kind} ground truth: "
+              f"AbsRel {m['abs_rel']:.4f}  RMSE {m['rmse']:.3f}  delta1 {m['a1']:.4f}")
+    if args.json:
+        write_text(args.json, json.dumps(results, indent=2))
+    return results
 
 def run_one(name, seed, args):
     """Train (unless done) and evaluate (unless done, Eq. (20) included) one (setting, seed)

@@ -2,6 +2,7 @@
 
     python benchmark.py ablation [flags]   # which terms of Eq. (17) help (ablation.py)
     python benchmark.py speed [flags]      # student vs Depth Anything V2, time and memory (speed.py)
+    python benchmark.py teacher [flags]    # the emulated teacher's zero-shot error (ablation.py)
 
 `python benchmark.py MODE -h` lists the flags of a mode.
 """
@@ -13,12 +14,15 @@ from cli import run_cli
 def main(argv=None):
     """Dispatch `python benchmark.py MODE [flags]` to the mode's own file."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    modes = ("ablation", "speed")
+    modes = ("ablation", "speed", "teacher")
     if not argv or argv[0] not in modes:
         sys.exit(f"usage: python benchmark.py {{{','.join(modes)}}} [flags]; add -h after the mode for its flags")
     if argv[0] == "ablation":
         import ablation
         return ablation.ablation(argv[1:])
+    if argv[0] == "teacher":
+        import ablation
+        return ablation.teacher_zero_shot(argv[1:])
     import speed
     return speed.speed(argv[1:])
 
