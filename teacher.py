@@ -114,6 +114,7 @@ class DepthAnythingTeacher(FrozenTeacher):
         self.name = name
         self.long_side = long_side
         self.patch = model.config.patch_size
+        self.feature_channels = model.config.backbone_config.hidden_size  # C_T of its 'features'
 
     def forward(self, images, depth_dense=None):
         """images (M, 3, H, W) float in [0, 1] -> {'disparity' (M, 1, H, W), 'features' (M, C, h, w)}.
@@ -226,6 +227,7 @@ class EmulatedTeacher(FrozenTeacher):
         self.strength = strength
         self.features_grid = tuple(features_grid)
         self.num_bins = num_bins
+        self.feature_channels = num_bins  # C_T of its 'features': pooled P^T
         self.blur_sigma = blur_sigma
         gh, gw = self.features_grid
         # "emulated2": the error model with (c) and (d); a new name keeps old caches apart.

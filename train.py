@@ -2,6 +2,8 @@
 
     python train.py                              # synthetic world, the paper's method
     python train.py --lambda-ckd 0 --lambda-vr 0 # the supervised baseline, same budget
+    python train.py --lambda-ckd 0 --lambda-vr 0 --lambda-rkd 1  # response KD baseline (Eq. 21)
+    python train.py --lambda-ckd 0 --lambda-vr 0 --lambda-fkd 1  # feature KD baseline (Eq. 22)
     python train.py --data nuscenes --dataroot /data/nuscenes
 
 The loop in `main` reads top to bottom: data, teacher targets, forward, losses, backward,
@@ -24,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import losses
-from cli import run_cli
+from cli import InputError, run_cli
 from data import DATASETS, DEFAULT_IMAGE_SIZE, build_dataset, depth_range, split_name
 from evaluate import evaluate_model
 from model import Student, StudentConfig, load_checkpoint, save_checkpoint
@@ -77,7 +79,13 @@ def get_args(argv=None):
     p.add_argument("--lambda-cross", type=float, default=1.0, help="lambda_x, weight of L_cross inside L_CKD (Eq. 11)")
     p.add_argument("--tau", type=float, default=1.0, help="temperature of the bin KD (Eq. 10)")
     p.add_argument("--sigma", type=float, default=None, help="width of the teacher's soft bins (Eq. 7; default 1/K)")
+    p.add_argument("--teacher-norm", default="affine", choices=losses.FARNESS_MODES,
+                   help="normalisation of the teacher disparity behind its bins (Eq. 6; README, Eq. 6 study)")
     p.add_argument("--lambda-vr", type=float, default=1.0, help="weight of L_VRKD (Eq. 17); 0 turns VRKD off")
+    p.add_argument("--lambda-rkd", type=float, default=0.0,
+                   help="weight of response KD on the metric-aligned teacher (Eq. 21), a baseline; 0: off")
+    p.add_argument("--lambda-fkd", type=float, default=0.0,
+                   help="weight of feature KD, FitNets (Eq. 22), a baseline; 0: off (needs the live teacher)")
     p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
     p.add_argument("--vr-grid", type=int, nargs=2, default=(4, 2), metavar=("GH", "GW"), help="token grid per strip (Eq. 12)")
     p.add_argument("--feature-level", type=int, default=1, choices=[0, 1, 2, 3],
@@ -106,6 +114,8 @@ def get_args(argv=None):
     if args.teacher == "auto":
         args.teacher = default_teacher(args.data)
     args.image_size, args.vr_grid = list(args.image_size), list(args.vr_grid)
+    if args.lambda_fkd > 0 and args.teacher_cache is not None:
+        p.error("--lambda-fkd needs the teacher's feature grid, which the teacher cache lacks; drop --teacher-cache")
     try:  # StudentConfig checks the decoder flags; report its message as a usage error
         StudentConfig(decoder_channels=args.decoder_channels, feature_level=args.feature_level)
     except ValueError as err:
@@ -158,7 +168,17 @@ def loss_config(args):
     return losses.LossConfig(pairs=ADJACENT_PAIRS, min_depth=d_min, max_depth=d_max, beta_bins=args.beta_bins,
                              lambda_ckd=args.lambda_ckd, lambda_cross=args.lambda_cross, tau=args.tau,
                              sigma=args.sigma, lambda_vr=args.lambda_vr, vr_strip=args.vr_strip,
-                             vr_grid=tuple(args.vr_grid), vr_tau=args.vr_tau, vr_student=args.vr_student)
+                             vr_grid=tuple(args.vr_grid), vr_tau=args.vr_tau, vr_student=args.vr_student,
+                             teacher_norm=args.teacher_norm, lambda_rkd=args.lambda_rkd, lambda_fkd=args.lambda_fkd)
+
+
+def teacher_features(teacher, batch):
+    """The teacher's features (B, N, C_T, h_T, w_T) for feature KD, Eq. (22), from the images
+    distillation_targets uses (un-jittered when augmenting) and, for the emulated teacher, the dense depth."""
+    images = batch.get("images_teacher", batch["images"])
+    dense = batch.get("depth_dense")
+    out = teacher(images.flatten(0, 1), None if dense is None else dense.flatten(0, 1))
+    return out["features"].unflatten(0, images.shape[:2])
 
 
 def drop_log_after(path, step):
@@ -246,11 +266,27 @@ def main(argv=None):
     if args.data == "synthetic":  # render the worlds once, not at every validation
         val_set = [val_set[i] for i in range(len(val_set))]
 
+    # Teacher (frozen; none when the cache or no KD term needs it) and the adapter of Eq. (22).
+    objective_cfg = loss_config(args)
+    needs_targets = args.lambda_ckd > 0 or args.lambda_vr > 0 or args.lambda_rkd > 0  # Eq. (6) and (12) targets
+    teacher = None
+    if (needs_targets or args.lambda_fkd > 0) and args.teacher_cache is None:
+        teacher = build_teacher(args.teacher, device=device)
+    adapter = None
+    if args.lambda_fkd > 0:  # student feature channels -> teacher channels; trained, dropped at inference
+        adapter = torch.nn.Conv2d(args.decoder_channels[args.feature_level], teacher.feature_channels, 1).to(device)
+        if args.resume:
+            adapter.load_state_dict(ckpt["adapter"])
+        if world > 1:
+            raise InputError("--lambda-fkd: feature KD runs in one process (its adapter is not synchronised "
+                             "across ranks) ; run it without torchrun")
+    extra = [] if adapter is None else list(adapter.parameters())
+
     # Model and optimizer; --resume restores both, and the step.
     step = 0
     if args.resume:
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        optimizer = torch.optim.AdamW(list(model.parameters()) + extra, lr=args.lr, weight_decay=args.weight_decay)
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         torch.set_rng_state(ckpt["rng"])
@@ -263,7 +299,7 @@ def main(argv=None):
                             feature_level=args.feature_level, logit_scale=args.logit_scale,
                             upsample=args.upsample, image_size=tuple(args.image_size))
         model = Student(cfg, pretrained=args.pretrained).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        optimizer = torch.optim.AdamW(list(model.parameters()) + extra, lr=args.lr, weight_decay=args.weight_decay)
     if main_process:
         with open(os.path.join(args.out, "args.json"), "w") as f:
             json.dump(vars(args), f, indent=2)
@@ -271,10 +307,6 @@ def main(argv=None):
     amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)  # fp16 needs loss scaling
 
-    objective_cfg = loss_config(args)
-    teacher = None
-    if (args.lambda_ckd > 0 or args.lambda_vr > 0) and args.teacher_cache is None:
-        teacher = build_teacher(args.teacher, device=device)
     if args.teacher_cache is not None:
         train_set = CachedTargets(train_set, args.teacher_cache)
 
@@ -290,15 +322,17 @@ def main(argv=None):
         farness, tokens = batch.pop("teacher_farness", None), None
         if farness is not None:
             tokens = (batch.pop("teacher_left"), batch.pop("teacher_right"))
-        elif teacher is not None:
+        elif teacher is not None and needs_targets:
             farness, tokens = distillation_targets(teacher, batch, args.vr_strip, args.vr_grid)
+        features = None if adapter is None else teacher_features(teacher, batch)  # Eq. (22)
         # Forward, losses, backward, step.
         lr = one_cycle_lr(step, args.steps, args.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):  # the forward only
             out = net(batch["images"])
-        loss, terms = losses.objective(out, batch["depth"], objective_cfg, farness, tokens)  # Eq. (17), fp32
+        loss, terms = losses.objective(out, batch["depth"], objective_cfg, farness, tokens,  # Eq. (17), fp32
+                                       features, adapter)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -318,7 +352,8 @@ def main(argv=None):
                 bar.write(f"step {step}: val abs_rel {metrics['abs_rel']:.4f} rmse {metrics['rmse']:.3f} a1 {metrics['a1']:.3f}")
                 save_checkpoint(ckpt_path, {"config": asdict(model.cfg), "model": model.state_dict(),
                                             "optimizer": optimizer.state_dict(), "step": step, "args": vars(args),
-                                            "rng": torch.get_rng_state()})
+                                            "rng": torch.get_rng_state(),
+                                            **({} if adapter is None else {"adapter": adapter.state_dict()})})
     if main_process:
         log.close()
     if world > 1:
