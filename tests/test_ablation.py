@@ -53,3 +53,21 @@ def test_table_reports_finished_seeds_and_paired_differences():
     # Against response KD only seed 0 is paired: a difference, no interval.
     row = next(line for line in lines if line.startswith("| CKD + VRKD − response KD"))
     assert "| 1 |" in row and "-0.0050 n/a" in row
+
+
+def test_teacher_bin_usage_by_hand():
+    # One view, 4 rows x 6 columns at 2, 4, 10, 30, 31, 60 m; an exact teacher r = a / D + b.
+    # Affine Eq. (6): s = 1 - (1/D - 1/60) / (1/2 - 1/60): 30 m -> 0.9655 and 31 m -> 0.9677 share
+    # bin 61 of 64, 60 m -> bin 63. Far (> 20 m): 3 of 6 columns, in 2 bins; within-bin std of
+    # log depth: bin 61 holds 8 of 24 pixels with std (log 31 - log 30) / 2, the others 0.
+    # Rank: 30 and 31 m have 8 and 4 farther pixels -> s = 1 - 8/23, 1 - 4/23 -> bins 41 and 52.
+    import torch
+
+    from teacher import EmulatedTeacher
+
+    depth = torch.tensor([2.0, 4.0, 10.0, 30.0, 31.0, 60.0]).expand(1, 1, 4, 6).contiguous()
+    item = {"images": torch.zeros(1, 3, 4, 6), "depth_dense": depth}
+    usage = ablation.teacher_bin_usage(EmulatedTeacher(strength=0.0, blur_sigma=0.0), [item], 64)
+    std = (math.log(31.0) - math.log(30.0)) / 2 * math.sqrt(8 / 24)
+    assert usage["affine"] == pytest.approx({"far_bins": 2, "far_share": 0.5, "log_depth_std": std}, rel=1e-4)
+    assert usage["rank"] == pytest.approx({"far_bins": 3, "far_share": 0.5, "log_depth_std": 0.0}, abs=1e-6)
