@@ -3,6 +3,7 @@
     python benchmark.py ablation [flags]   # which terms of Eq. (17) help (ablation.py)
     python benchmark.py speed [flags]      # student vs Depth Anything V2, time and memory (speed.py)
     python benchmark.py data [flags]       # loading speed per DataLoader worker (loading.py)
+    python benchmark.py teacher [flags]    # the emulated teacher's zero-shot error (ablation.py)
 
 `python benchmark.py MODE -h` lists the flags of a mode.
 """
@@ -14,7 +15,7 @@ from cli import run_cli
 def main(argv=None):
     """Dispatch `python benchmark.py MODE [flags]` to the mode's own file."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    modes = ("ablation", "speed", "data")
+    modes = ("ablation", "speed", "data", "teacher")
     if not argv or argv[0] not in modes:
         sys.exit(f"usage: python benchmark.py {{{','.join(modes)}}} [flags]; add -h after the mode for its flags")
     if argv[0] == "ablation":
@@ -23,6 +24,9 @@ def main(argv=None):
     if argv[0] == "data":
         import loading
         return loading.data_benchmark(argv[1:])
+    if argv[0] == "teacher":
+        import ablation
+        return ablation.teacher_zero_shot(argv[1:])
     import speed
     return speed.speed(argv[1:])
 

@@ -78,6 +78,26 @@ def log_scale_ratio(pred, gt, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH):
     return float(np.log(np.median(gt[valid]) / max(np.median(pred[valid]), min_depth)))
 
 
+def affine_invariant_metrics(disparity, gt, min_depth=MIN_DEPTH, max_depth=MAX_DEPTH):
+    """Eq. (18) of a relative-depth model's output, the Depth Anything zero-shot protocol (as MiDaS).
+
+    disparity: (H, W) relative inverse depth r; gt: (H, W) ground-truth depth in meters. Per
+    image, the least-squares scale s and shift t of s * r + t to 1 / D* over the valid pixels M
+    (min_depth < D* < max_depth) align r in disparity space; the depth 1 / max(s r + t,
+    1 / max_depth) is then scored as `compute_depth_metrics` scores a metric prediction.
+    Returns its dict, or None when the image has no valid pixel.
+    """
+    r = disparity.detach().cpu().numpy() if torch.is_tensor(disparity) else np.asarray(disparity)
+    g = gt.detach().cpu().numpy() if torch.is_tensor(gt) else np.asarray(gt)
+    valid = valid_mask(g, min_depth, max_depth)
+    if not valid.any():
+        return None
+    r, g = r.astype(np.float64), g.astype(np.float64)
+    design = np.stack([r[valid], np.ones(int(valid.sum()))], axis=1)  # (P, 2): s * r + t
+    (s, t), *_ = np.linalg.lstsq(design, 1.0 / g[valid], rcond=None)
+    aligned = np.maximum(s * r + t, 1.0 / max_depth)  # disparity floor: no depth beyond max_depth
+    return compute_depth_metrics(1.0 / aligned, g, min_depth, max_depth)
+
 def reference_lookup(reference, uv):
     """Eq. (20), the ground truth at pixel coordinates uv (P, 2) of one view -> (P,) meters and a
     mask (P,) of usable samples. A dense reference (synthetic, > 50 % of pixels with depth) is

@@ -17,7 +17,6 @@ Every teacher is called as `teacher(images, depth_dense=None)` with images (M, 3
 [0, 1] and returns {'disparity': (M, 1, H, W) float32 relative inverse depth, 'features':
 (M, C, h, w) float32}. Its `name` identifies its outputs (the key of the teacher cache).
 """
-import hashlib
 import os
 import re
 
@@ -25,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import emulated
 import losses
 from cli import InputError, run_cli
 from model import IMAGENET_MEAN, IMAGENET_STD  # the same statistics DA-V2 normalises with
@@ -51,12 +51,7 @@ TEACHER_ARCHS = {
 }
 DINOV2_IMAGE_SIZE = 518  # image_size of the DA-V2 backbones: a 37 x 37 grid of position embeddings
 
-# EmulatedTeacher: what a relative-depth foundation model gets wrong, in named amounts.
-EMULATED_SCALE_RANGE = (0.5, 2.0)  # per-image scale a of r = a / D + b, drawn log-uniformly
-EMULATED_SHIFT_RANGE = (0.0, 0.1)  # per-image shift b, uniform, in the units of a / D (1/m for a = 1)
-EMULATED_BLUR_SIGMA = 1.5  # pixels: Gaussian blur of the disparity, the soft edges of a DPT head
-EMULATED_DISTORTION = 0.1  # amplitude of the multiplicative low-frequency error at strength 1
-EMULATED_DISTORTION_GRID = (3, 5)  # coarse (rows, cols) random field, bilinearly upsampled
+# EmulatedTeacher (its errors and their amounts are in emulated.py):
 EMULATED_NUM_BINS = 64  # K of its P^T feature maps (StudentConfig's default K; Eq. 13 lets them differ)
 EMULATED_FEATURES_GRID = (12, 20)  # (h, w) of its features: stride 8 at the default 96 x 160 images
 
@@ -118,6 +113,7 @@ class DepthAnythingTeacher(FrozenTeacher):
         self.name = name
         self.long_side = long_side
         self.patch = model.config.patch_size
+        self.feature_channels = model.config.backbone_config.hidden_size  # C_T of its 'features'
 
     def forward(self, images, depth_dense=None):
         """images (M, 3, H, W) float in [0, 1] -> {'disparity' (M, 1, H, W), 'features' (M, C, h, w)}.
@@ -209,32 +205,13 @@ def build_random_teacher(name, device="cpu", long_side=DEFAULT_LONG_SIDE, seed=0
     return DepthAnythingTeacher(model, f"random-{name}@{long_side}", long_side).to(device)
 
 
-def _gaussian_blur(x, sigma):
-    """Separable Gaussian blur of (M, 1, H, W) with replicate padding (keeps monotone ramps monotone)."""
-    radius = max(1, int(3.0 * sigma + 0.5))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel = kernel / kernel.sum()  # (2r+1,)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1))
-
-
-def content_seed(depth):
-    """A 63-bit seed from the bytes of one depth map (H, W): the same map always draws the same."""
-    data = depth.detach().to("cpu", torch.float32).contiguous().numpy()
-    digest = hashlib.blake2b(data.tobytes() + str(data.shape).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1  # manual_seed takes < 2**63
-
-
 class EmulatedTeacher(FrozenTeacher):
     """A stand-in for a relative-depth foundation model, made from the dense synthetic depth.
 
-    It reproduces what DA-V2 gives and what Eqs. (6)-(7) must cope with:
-    - inverse depth with a random per-image scale a > 0 and shift b: r = a * (1 / D) + b;
-    - blurred edges: a Gaussian blur of 1 / D (`blur_sigma` pixels, 0 for none);
-    - a smooth multiplicative error of about EMULATED_DISTORTION * strength: 1 / D is multiplied
-      by 1 + e(p), e a coarse uniform random field upsampled bilinearly (low frequency);
-    - sky (depth 0) at exactly the lowest disparity, b, like DA-V2's near-zero sky.
+    Its disparity is `emulated.emulated_disparity`: inverse depth with blurred edges, a
+    low-frequency warp, per-object order errors and a compressed far range, all scaled by
+    `strength` (1: calibrated to Depth Anything Small's zero-shot error, see emulated.py), then
+    a random per-image scale a > 0 and shift b; sky (depth 0) at exactly the lowest disparity b.
     Its features are its own P^T maps (Eq. 7) average-pooled to `features_grid`: the tokens of
     Eqs. (12)-(14) for a teacher without a backbone (the README's "Where a teacher has no
     features"). The randomness is seeded by each depth map's bytes, so the same map gives the
@@ -242,37 +219,18 @@ class EmulatedTeacher(FrozenTeacher):
     """
 
     def __init__(self, strength=1.0, features_grid=EMULATED_FEATURES_GRID, num_bins=EMULATED_NUM_BINS,
-                 blur_sigma=EMULATED_BLUR_SIGMA):
+                 blur_sigma=emulated.EMULATED_BLUR_SIGMA):
         super().__init__()
-        if not 0.0 <= strength * EMULATED_DISTORTION < 1.0:
-            raise ValueError(f"strength must be in [0, {1.0 / EMULATED_DISTORTION:g}) so that 1 + e > 0")
+        if not 0.0 <= strength * emulated.EMULATED_WARP < 1.0:
+            raise ValueError(f"strength must be in [0, {1.0 / emulated.EMULATED_WARP:g}) so that 1 + e > 0")
         self.strength = strength
         self.features_grid = tuple(features_grid)
         self.num_bins = num_bins
+        self.feature_channels = num_bins  # C_T of its 'features': pooled P^T
         self.blur_sigma = blur_sigma
         gh, gw = self.features_grid
-        self.name = f"emulated-s{strength:g}-blur{blur_sigma:g}-k{num_bins}-g{gh}x{gw}"
-
-    def _disparity(self, depth):
-        """One depth map (1, 1, H, W) in meters, 0 for sky -> relative disparity r (1, 1, H, W)."""
-        gen = torch.Generator().manual_seed(content_seed(depth[0, 0]))
-        # Draws on the CPU generator, in a fixed order: scale a, shift b, coarse error field.
-        log_lo, log_hi = torch.tensor(EMULATED_SCALE_RANGE).log()
-        a = torch.exp(log_lo + (log_hi - log_lo) * torch.rand((), generator=gen))
-        b_lo, b_hi = EMULATED_SHIFT_RANGE
-        b = b_lo + (b_hi - b_lo) * torch.rand((), generator=gen)
-        field = 2.0 * torch.rand((1, 1) + EMULATED_DISTORTION_GRID, generator=gen) - 1.0  # (1, 1, 3, 5)
-
-        sky = depth <= 0
-        # 1 / D, 0 for sky (the clamp only keeps the discarded sky branch of `where` finite).
-        inv = torch.where(sky, torch.zeros_like(depth), 1.0 / depth.clamp_min(torch.finfo(depth.dtype).tiny))
-        if self.blur_sigma > 0:
-            inv = _gaussian_blur(inv, self.blur_sigma)  # soft edges, also into the sky border
-        error = F.interpolate(field.to(depth.device), size=depth.shape[-2:], mode="bilinear",
-                              align_corners=True)  # (1, 1, H, W): smooth, low frequency
-        inv = inv * (1.0 + EMULATED_DISTORTION * self.strength * error)  # (1, 1, H, W), still >= 0
-        inv = inv.masked_fill(sky, 0.0)  # the sky is segmented cleanly: exactly the minimum
-        return a.to(depth.device) * inv + b.to(depth.device)
+        # "emulated2": the error model with (c) and (d); a new name keeps old caches apart.
+        self.name = f"emulated2-s{strength:g}-blur{blur_sigma:g}-k{num_bins}-g{gh}x{gw}"
 
     def forward(self, images, depth_dense=None):
         """images (M, 3, H, W) (unused), depth_dense (M, 1, H, W) meters, 0 for sky ->
@@ -281,8 +239,10 @@ class EmulatedTeacher(FrozenTeacher):
             raise ValueError("EmulatedTeacher needs depth_dense (the synthetic world's dense depth)")
         with torch.inference_mode():
             depth = depth_dense.float()
+            segments = emulated.depth_segments(depth)  # (M, 1, H, W): each map on its own
             # One image at a time: each draws from its own seed, and P^T (K x H x W) stays small.
-            disparity = torch.cat([self._disparity(depth[i:i + 1]) for i in range(depth.shape[0])])
+            disparity = torch.cat([emulated.emulated_disparity(depth[i:i + 1], segments[i:i + 1], self.strength,
+                                                                self.blur_sigma) for i in range(depth.shape[0])])
             features = torch.cat([
                 F.adaptive_avg_pool2d(losses.teacher_bin_probs(disparity[i:i + 1], self.num_bins),
                                       self.features_grid)  # (1, K, gh, gw)
@@ -315,7 +275,7 @@ def build_teacher(name, device="cpu", long_side=DEFAULT_LONG_SIDE):
             return EmulatedTeacher(float(name.partition(":")[2] or 1.0)).to(device)
         except ValueError:
             raise InputError(f"--teacher {name}: the emulated teacher's strength S in 'emulated:S' must be "
-                             f"a number in [0, {1 / EMULATED_DISTORTION:g})") from None
+                             f"a number in [0, {1 / emulated.EMULATED_WARP:g})") from None
     if name.startswith("random-") and name[len("random-"):] in TEACHER_ARCHS:
         return build_random_teacher(name[len("random-"):], device, long_side)
     return load_teacher(name, device, long_side=long_side)

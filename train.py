@@ -2,12 +2,14 @@
 
     python train.py                              # synthetic world, the paper's method
     python train.py --lambda-ckd 0 --lambda-vr 0 # the supervised baseline, same budget
+    python train.py --lambda-ckd 0 --lambda-vr 0 --lambda-rkd 1  # response KD baseline (Eq. 21)
+    python train.py --lambda-ckd 0 --lambda-vr 0 --lambda-fkd 1  # feature KD baseline (Eq. 22)
     python train.py --data nuscenes --dataroot /data/nuscenes
     python train.py --data ddad --dataroot /data/ddad_train_val [--ddad-masks masks/]
 
 The loop in `main` reads top to bottom: data, teacher targets, forward, losses, backward,
-step, log, validate, save. The schedule (`one_cycle_lr`), the loss (`total_loss`) and the
-batch order (`StepSampler`) are small pure pieces. Checkpoints are written atomically and
+step, log, validate, save. The schedule (`one_cycle_lr`), the loss (`losses.objective`) and the
+batch order (`sampling.StepSampler`) are small pure pieces. Checkpoints are written atomically and
 hold the StudentConfig, weights, optimizer and GradScaler states, random streams, step and args;
 `--resume` continues exactly (`SeededItems` seeds each item's augmentation by its place in the
 stream). A fresh run refuses an --out that holds a run (run_state.py).
@@ -20,7 +22,6 @@ import sys
 import time
 from dataclasses import asdict
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -28,12 +29,13 @@ from tqdm import tqdm
 
 import losses
 from cache import DEFAULT_CACHE_ROOT, CachedTargets, cache_key, distillation_targets, find_cache
-from cli import run_cli, write_text
+from cli import InputError, run_cli, write_text
 from data import DATASETS, DEFAULT_IMAGE_SIZE, batch_to_device, build_dataset, depth_range, split_name
 from evaluate import METRIC_KEYS, evaluate_model
 from model import Student, StudentConfig, load_checkpoint, save_checkpoint
 from rig import ADJACENT_PAIRS
 from run_state import check_out, drop_log_after, rng_state, set_rng_state
+from sampling import SeededItems, StepSampler, seed_of
 from teacher import build_teacher, default_teacher
 
 # Default training length per dataset: the synthetic demo takes ~5 minutes on 2 CPU cores.
@@ -90,7 +92,13 @@ def get_args(argv=None):
     p.add_argument("--lambda-cross", type=float, default=1.0, help="lambda_x, weight of L_cross inside L_CKD (Eq. 11)")
     p.add_argument("--tau", type=float, default=1.0, help="temperature of the bin KD (Eq. 10)")
     p.add_argument("--sigma", type=float, default=None, help="width of the teacher's soft bins (Eq. 7; default 1/K)")
+    p.add_argument("--teacher-norm", default="affine", choices=losses.FARNESS_MODES,
+                   help="normalisation of the teacher disparity behind its bins (Eq. 6; README, Eq. 6 study)")
     p.add_argument("--lambda-vr", type=float, default=1.0, help="weight of L_VRKD (Eq. 17); 0 turns VRKD off")
+    p.add_argument("--lambda-rkd", type=float, default=0.0,
+                   help="weight of response KD on the metric-aligned teacher (Eq. 21), a baseline; 0: off")
+    p.add_argument("--lambda-fkd", type=float, default=0.0,
+                   help="weight of feature KD, FitNets (Eq. 22), a baseline; 0: off (needs the live teacher)")
     p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
     p.add_argument("--vr-grid", type=int, nargs=2, default=(4, 2), metavar=("GH", "GW"), help="token grid per strip (Eq. 12)")
     p.add_argument("--feature-level", type=int, default=1, choices=[0, 1, 2, 3],
@@ -122,6 +130,8 @@ def get_args(argv=None):
     if args.teacher == "auto":
         args.teacher = default_teacher(args.data)
     args.image_size, args.vr_grid = list(args.image_size), list(args.vr_grid)
+    if args.lambda_fkd > 0 and args.teacher_cache not in ("auto", "none"):
+        p.error("--lambda-fkd needs the teacher's feature grid, which the teacher cache lacks; drop --teacher-cache")
     try:  # StudentConfig checks the decoder flags; report its message as a usage error
         StudentConfig(decoder_channels=args.decoder_channels, feature_level=args.feature_level)
     except ValueError as err:
@@ -149,72 +159,23 @@ def one_cycle_lr(step, total_steps, max_lr):
     return low + 0.5 * (max_lr - low) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-class StepSampler(torch.utils.data.Sampler):
-    """Batches of dataset indices as a pure function of (seed, step): a fresh permutation per
-    epoch, so resuming at step s replays exactly the batches s, s+1, ... of the first run."""
-
-    def __init__(self, num_items, batch_size, seed, start_step, total_steps, rank=0, world=1):
-        self.n, self.b, self.seed = num_items, batch_size, seed
-        self.start, self.total = start_step, total_steps
-        self.rank, self.world = rank, world  # under torchrun each rank takes its own slice
-
-    def __len__(self):
-        return self.total - self.start
-
-    def positions(self, step):
-        """Positions of step `step` on this rank in the endless stream of epochs: its slice of the
-        global batch of world * batch_size positions (as DistributedSampler shards)."""
-        first = (step * self.world + self.rank) * self.b
-        return range(first, first + self.b)
-
-    def batch(self, step):
-        """Dataset indices (batch_size,) of step `step` on this rank."""
-        return [int(self.permutation(p // self.n)[p % self.n]) for p in self.positions(step)]
-
-    def permutation(self, epoch):
-        """The order of the items in `epoch` (the last one is kept: a batch rarely spans two)."""
-        if getattr(self, "_epoch", None) != epoch:
-            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        return self._order
-
-    def __iter__(self):
-        """Per step, the keys [(augmentation seed, dataset index)] that SeededItems reads."""
-        for s in range(self.start, self.total):
-            # The item at position p is augmented with seed_of(seed, p): a resumed run, any worker
-            # and any rank draw the same colour jitter for it; other positions (ranks, steps) draw others.
-            yield [(seed_of(self.seed, p), i) for p, i in zip(self.positions(s), self.batch(s))]
-
-
-def seed_of(*keys):
-    """A 32-bit seed that is a pure function of the integers `keys` (numpy's SeedSequence)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0])
-
-
-class SeededItems(torch.utils.data.Dataset):
-    """`dataset` read through StepSampler's keys: item (seed, index) is dataset[index] drawn with
-    torch's global generator seeded by `seed` (the colour jitter of nusc.py draws from it), and
-    the caller's random stream is left untouched, in the main process as in a worker."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        seed, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return self.dataset[index]
-
-
 def loss_config(args):
     """The hyperparameters of Eq. (17) from the command line -> losses.LossConfig."""
     d_min, d_max = depth_range(args.data)
     return losses.LossConfig(pairs=ADJACENT_PAIRS, min_depth=d_min, max_depth=d_max, beta_bins=args.beta_bins,
                              lambda_ckd=args.lambda_ckd, lambda_cross=args.lambda_cross, tau=args.tau,
                              sigma=args.sigma, lambda_vr=args.lambda_vr, vr_strip=args.vr_strip,
-                             vr_grid=tuple(args.vr_grid), vr_tau=args.vr_tau, vr_student=args.vr_student)
+                             vr_grid=tuple(args.vr_grid), vr_tau=args.vr_tau, vr_student=args.vr_student,
+                             teacher_norm=args.teacher_norm, lambda_rkd=args.lambda_rkd, lambda_fkd=args.lambda_fkd)
+
+
+def teacher_features(teacher, batch):
+    """The teacher's features (B, N, C_T, h_T, w_T) for feature KD, Eq. (22), from the images
+    distillation_targets uses (un-jittered when augmenting) and, for the emulated teacher, the dense depth."""
+    images = batch.get("images_teacher", batch["images"])
+    dense = batch.get("depth_dense")
+    out = teacher(images.flatten(0, 1), None if dense is None else dense.flatten(0, 1))
+    return out["features"].unflatten(0, images.shape[:2])
 
 
 def distribute(model, device, world):
@@ -309,11 +270,31 @@ def main(argv=None):
     if args.data == "synthetic":  # render the worlds once, not at every validation
         val_set = [val_set[i] for i in range(len(val_set))]
 
+    # Teacher targets: from a cache made for this run (found, or the folder given), or a frozen teacher
+    # run live (always for feature KD, Eq. 22: the cache holds no feature grid); the adapter of Eq. (22).
+    objective_cfg = loss_config(args)
+    needs_targets = args.lambda_ckd > 0 or args.lambda_vr > 0 or args.lambda_rkd > 0  # Eq. (6) and (12) targets
+    cache = None
+    if needs_targets and args.lambda_fkd == 0 and args.teacher_cache != "none":
+        cache = find_cache(DEFAULT_CACHE_ROOT, cache_key(args)) if args.teacher_cache == "auto" else args.teacher_cache
+    teacher = None
+    if (needs_targets and cache is None) or args.lambda_fkd > 0:
+        teacher = build_teacher(args.teacher, device=device)
+    adapter = None
+    if args.lambda_fkd > 0:  # student feature channels -> teacher channels; trained, dropped at inference
+        adapter = torch.nn.Conv2d(args.decoder_channels[args.feature_level], teacher.feature_channels, 1).to(device)
+        if args.resume:
+            adapter.load_state_dict(ckpt["adapter"])
+        if world > 1:
+            raise InputError("--lambda-fkd: feature KD runs in one process (its adapter is not synchronised "
+                             "across ranks) ; run it without torchrun")
+    extra = [] if adapter is None else list(adapter.parameters())
+
     # Model and optimizer; --resume restores both, and the step.
     step = 0
     if args.resume:
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        optimizer = torch.optim.AdamW(list(model.parameters()) + extra, lr=args.lr, weight_decay=args.weight_decay)
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         if main_process:
@@ -325,7 +306,7 @@ def main(argv=None):
                             feature_level=args.feature_level, logit_scale=args.logit_scale,
                             upsample=args.upsample, image_size=tuple(args.image_size))
         model = Student(cfg, pretrained=args.pretrained).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        optimizer = torch.optim.AdamW(list(model.parameters()) + extra, lr=args.lr, weight_decay=args.weight_decay)
     if main_process:
         write_text(os.path.join(args.out, "args.json"), json.dumps(vars(args), indent=2))
     net = distribute(model, device, world)
@@ -334,17 +315,11 @@ def main(argv=None):
     if args.resume and "scaler" in ckpt:  # the fp16 loss scale the run had reached (older checkpoints lack it)
         scaler.load_state_dict(ckpt["scaler"])
 
-    objective_cfg = loss_config(args)
-    teacher = None
-    if args.lambda_ckd > 0 or args.lambda_vr > 0:  # teacher targets: from a cache made for this run, or live
-        cache = find_cache(DEFAULT_CACHE_ROOT, cache_key(args)) if args.teacher_cache == "auto" else args.teacher_cache
-        if cache in (None, "none"):
-            teacher = build_teacher(args.teacher, device=device)
-        else:
-            train_set = CachedTargets(train_set, cache, cache_key(args))
-            if main_process:
-                print(f"teacher cache: using {cache} (its first {len(train_set)} items; --teacher-cache none: "
-                      "run the teacher instead)", file=sys.stderr)
+    if cache is not None:
+        train_set = CachedTargets(train_set, cache, cache_key(args))
+        if main_process:
+            print(f"teacher cache: using {cache} (its first {len(train_set)} items; --teacher-cache none: "
+                  "run the teacher instead)", file=sys.stderr)
 
     sampler = StepSampler(len(train_set), args.batch_size, args.seed, step, args.steps, rank, world)
     workers_seed = torch.Generator().manual_seed(seed_of(args.seed, step, rank))  # not drawn from the global one
@@ -361,16 +336,17 @@ def main(argv=None):
         # Data and teacher targets (from the cache, or one frozen teacher pass).
         batch = batch_to_device(batch, device)  # uint8 images become float in [0, 1] here
         farness, tokens = batch.pop("teacher_farness", None), batch.pop("teacher_similarity", None)
-        if teacher is not None:
+        if cache is None and needs_targets:
             farness, tokens = distillation_targets(teacher, batch, args.vr_strip, args.vr_grid)
+        features = None if adapter is None else teacher_features(teacher, batch)  # Eq. (22)
         # Forward, losses, backward, step.
         lr = one_cycle_lr(step, args.steps, args.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):  # the forward only
             out = net(batch["images"])
-        loss, terms = losses.objective(out, batch["depth"], objective_cfg, farness, tokens,
-                                       batch.get("omega"))  # Eq. (17), fp32; omega: DDAD's masks
+        loss, terms = losses.objective(out, batch["depth"], objective_cfg, farness, tokens,  # Eq. (17), fp32
+                                       batch.get("omega"), features, adapter)  # omega: DDAD's masks
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -390,7 +366,8 @@ def main(argv=None):
                 bar.write(f"step {step}: val abs_rel {metrics['abs_rel']:.4f} rmse {metrics['rmse']:.3f} a1 {metrics['a1']:.3f}")
                 save_checkpoint(ckpt_path, {"config": asdict(model.cfg), "model": model.state_dict(),
                                             "optimizer": optimizer.state_dict(), "step": step, "args": vars(args),
-                                            "rng": rng_state(device), "scaler": scaler.state_dict()})
+                                            "rng": rng_state(device), "scaler": scaler.state_dict(),
+                                            **({} if adapter is None else {"adapter": adapter.state_dict()})})
     if main_process:
         log.close()
     if world > 1:

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import emulated
 import teacher as T
 from conftest import TINY_HIDDEN, TINY_LONG_SIDE
 
@@ -163,10 +164,15 @@ def test_emulated_teacher_monotone_without_distortion():
     assert torch.all(disparity[..., 1:] < disparity[..., :-1])
 
 
-def test_emulated_teacher_distortion_is_about_ten_percent():
+def test_emulated_teacher_warp_amount(monkeypatch):
+    # Error (b) alone (the order and far-range errors off): r - b = a * (1 / D) * (1 + e(p)) with
+    # |e| <= EMULATED_WARP * strength, so a * (1 + e) spans at most (1 + W) / (1 - W).
+    monkeypatch.setattr(emulated, "EMULATED_ORDER", 0.0)
+    monkeypatch.setattr(emulated, "EMULATED_FAR_DEPTH", float("inf"))
     depth = street_depth(m=1)
     sky = depth == 0
-    for strength, lo, hi in ((0.0, 1.0, 1.0 + 1e-4), (1.0, 1.02, 1.1 / 0.9 + 1e-4)):
+    warp = emulated.EMULATED_WARP
+    for strength, lo, hi in ((0.0, 1.0, 1.0 + 1e-4), (1.0, 1.02, (1 + warp) / (1 - warp) + 1e-4)):
         r = T.EmulatedTeacher(strength=strength, blur_sigma=0.0)(None, depth)["disparity"]
         a_times_error = (r - r[sky].min())[~sky] * depth[~sky]  # a * (1 + e(p)), b removed
         spread = float(a_times_error.max() / a_times_error.min())
@@ -181,7 +187,7 @@ def test_emulated_teacher_shapes_and_features():
     # Pooled P^T: every token is still a distribution over the K bins (Eq. 7).
     torch.testing.assert_close(out["features"].sum(dim=1), torch.ones(3, 6, 10))
     assert not out["features"].requires_grad
-    assert teacher.name == "emulated-s1-blur1.5-k16-g6x10"
+    assert teacher.name == "emulated2-s1-blur1.5-k16-g6x10"
     with pytest.raises(ValueError):
         teacher(torch.rand(1, 3, 24, 40))  # it needs the dense depth
 
@@ -190,6 +196,6 @@ def test_emulated_strength_from_the_teacher_name():
     assert T.build_teacher("emulated").strength == 1.0
     assert T.build_teacher("emulated:0.5").strength == 0.5
     assert T.build_teacher("emulated:0").name != T.build_teacher("emulated").name  # separate caches
-    for bad in ("emulated:strong", "emulated:-1", "emulated:10"):
+    for bad in ("emulated:strong", "emulated:-1", "emulated:7"):
         with pytest.raises(T.InputError, match="emulated:S"):
             T.build_teacher(bad)

@@ -1,0 +1,73 @@
+"""Tests of ablation.py's statistics (sample std, paired t-intervals), its run-reuse check and
+its table, on hand-made results (no training)."""
+import math
+
+import pytest
+
+import ablation
+from cli import InputError
+
+
+def fake(abs_rel, dense_abs_rel=0.1):
+    """A results dict shaped like evaluate's, with the given sparse and dense AbsRel."""
+    metrics = lambda a: {"abs_rel": a, "rmse": 10 * a, "a1": 1 - a}  # noqa: E731
+    return {"all": {"sparse": metrics(abs_rel), "dense": metrics(dense_abs_rel)},
+            "scale": {"mean_abs_log_rho": 0.1, "std_log_rho_across_views": 0.05}, "cross_view": {"mean_rel": 0.2}}
+
+
+def test_cell_is_mean_and_sample_std():
+    assert ablation.cell([1.0, 3.0]) == f"2.0000 ± {math.sqrt(2.0):.4f}"  # ddof = 1: sqrt(((1-2)^2 + (3-2)^2) / 1)
+    assert ablation.cell([0.5]) == "0.5000"
+
+
+def test_paired_interval_by_hand():
+    # d = (1, 2, 3): mean 2, sample sd 1, n = 3 -> half-width t_{0.975, 2} / sqrt(3) = 4.303 / 1.7321.
+    mean, half = ablation.paired_interval([1.0, 2.0, 4.0], [0.0, 0.0, 1.0])
+    assert mean == pytest.approx(2.0) and half == pytest.approx(4.303 / math.sqrt(3.0))
+    assert ablation.paired_interval([1.0], [0.5]) == (0.5, None)
+    assert ablation.T_975[4] == 2.776  # the t table: 5 seeds, df = 4
+
+
+def test_a_run_is_reused_only_if_every_training_flag_matches():
+    saved = ablation.expected_args("response KD", 300, 2)
+    ablation.check_args(dict(saved, out="elsewhere", workers=4, device="cuda"), "response KD", 300, 2, "run")
+    for change in ({"lambda_rkd": 0.5}, {"seed": 3}, {"steps": 200}, {"teacher_norm": "rank"}):
+        with pytest.raises(InputError, match="response KD"):
+            ablation.check_args(dict(saved, **change), "response KD", 300, 2, "run")
+    old = {k: v for k, v in saved.items() if k != "lambda_fkd"}  # a run from before the flag existed
+    with pytest.raises(InputError, match="lambda-fkd"):
+        ablation.check_args(old, "response KD", 300, 2, "run")
+
+
+def test_table_reports_finished_seeds_and_paired_differences():
+    runs = {("baseline", 0): fake(0.10, 0.20), ("baseline", 1): fake(0.12, 0.22),
+            ("CKD + VRKD", 0): fake(0.09, 0.15), ("CKD + VRKD", 1): fake(0.10, 0.18),
+            ("response KD", 0): fake(0.095, 0.16), ("response KD", 1): None}
+    lines = ablation.ablation_table(runs, ["baseline", "response KD", "CKD + VRKD"], [0, 1])
+    text = "\n".join(lines)
+    assert "| response KD | 1 |" in text and "| baseline | 2 |" in text
+    # CKD + VRKD - baseline, sparse AbsRel: d = (-0.01, -0.02): mean -0.015, sd 0.00707, t_{0.975,1} = 12.706.
+    half = 12.706 * (0.01 / math.sqrt(2)) / math.sqrt(2)
+    row = next(line for line in lines if line.startswith("| CKD + VRKD − baseline"))
+    assert f"-0.0150 [{-0.015 - half:+.4f}, {-0.015 + half:+.4f}] (-13.6 %)" in row
+    # Against response KD only seed 0 is paired: a difference, no interval.
+    row = next(line for line in lines if line.startswith("| CKD + VRKD − response KD"))
+    assert "| 1 |" in row and "-0.0050 n/a" in row
+
+
+def test_teacher_bin_usage_by_hand():
+    # One view, 4 rows x 6 columns at 2, 4, 10, 30, 31, 60 m; an exact teacher r = a / D + b.
+    # Affine Eq. (6): s = 1 - (1/D - 1/60) / (1/2 - 1/60): 30 m -> 0.9655 and 31 m -> 0.9677 share
+    # bin 61 of 64, 60 m -> bin 63. Far (> 20 m): 3 of 6 columns, in 2 bins; within-bin std of
+    # log depth: bin 61 holds 8 of 24 pixels with std (log 31 - log 30) / 2, the others 0.
+    # Rank: 30 and 31 m have 8 and 4 farther pixels -> s = 1 - 8/23, 1 - 4/23 -> bins 41 and 52.
+    import torch
+
+    from teacher import EmulatedTeacher
+
+    depth = torch.tensor([2.0, 4.0, 10.0, 30.0, 31.0, 60.0]).expand(1, 1, 4, 6).contiguous()
+    item = {"images": torch.zeros(1, 3, 4, 6), "depth_dense": depth}
+    usage = ablation.teacher_bin_usage(EmulatedTeacher(strength=0.0, blur_sigma=0.0), [item], 64)
+    std = (math.log(31.0) - math.log(30.0)) / 2 * math.sqrt(8 / 24)
+    assert usage["affine"] == pytest.approx({"far_bins": 2, "far_share": 0.5, "log_depth_std": std}, rel=1e-4)
+    assert usage["rank"] == pytest.approx({"far_bins": 3, "far_share": 0.5, "log_depth_std": 0.0}, abs=1e-6)
