@@ -59,7 +59,8 @@ def get_args(argv=None):
                         "pixel counts, zero on the ego car; excluded from Eqs. (10) and (12) (default: none)")
     p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
                    help="nuScenes version; its splits are train/val or mini_train/mini_val")
-    p.add_argument("--lidar-sweeps", type=int, default=1, help="nuScenes: LiDAR sweeps accumulated for training ground truth")
+    p.add_argument("--lidar-sweeps", type=int, default=1,
+                   help="nuScenes: LiDAR sweeps accumulated for training ground truth")
     p.add_argument("--steps", type=int, default=None,
                    help="optimizer steps (default: 300 synthetic, 30000 nuScenes and DDAD)")
     p.add_argument("--batch-size", type=int, default=2, help="surround samples per step (each holds 6 views)")
@@ -70,7 +71,8 @@ def get_args(argv=None):
                    help="input size, multiples of 32 (default: 96 160 synthetic, 352 640 nuScenes, 384 640 DDAD)")
     p.add_argument("--encoder", default="resnet18", choices=["resnet18", "resnet34"], help="student encoder")
     p.add_argument("--decoder-channels", type=int, nargs="+", default=list(StudentConfig.decoder_channels),
-                   help="U-Net decoder widths from stride 16 down; 3 stages decode to stride 4 (default), 4 to stride 2")
+                   help="U-Net decoder widths from stride 16 down; 3 stages decode to stride 4 (default), "
+                        "4 to stride 2")
     p.add_argument("--logit-scale", type=float, default=StudentConfig.logit_scale,
                    help="z = scale * conv1x1(F) (Eq. 4): lets the bin head reach sharp P^S within a short schedule")
     p.add_argument("--upsample", default=StudentConfig.upsample, choices=["convex", "bilinear"],
@@ -80,9 +82,11 @@ def get_args(argv=None):
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="ImageNet encoder weights via torchvision (default: on for real data, off for synthetic)")
     p.add_argument("--beta-bins", type=float, default=0.0,
-                   help="beta, weight of the bin chamfer loss (Eq. 17); AdaBins uses 0.1, which hurt here: see the README")
+                   help="beta, weight of the bin chamfer loss (Eq. 17); AdaBins uses 0.1, which hurt here: "
+                        "see docs/EXPERIMENTS.md")
     p.add_argument("--teacher", default="auto",
-                   help="'auto' (emulated on synthetic, Depth-Anything-V2-Small on real data), 'emulated' (strength 1; 'emulated:S' for S), "
+                   help="'auto' (emulated on synthetic, Depth-Anything-V2-Small on real data), 'emulated' "
+                        "(strength 1; 'emulated:S' for S), "
                         "a Hugging Face id or a local Depth Anything V2 folder")
     p.add_argument("--teacher-cache", default="auto",
                    help="teacher cache folder written by `cache.py` (checked against this run); 'auto' (default): the "
@@ -100,7 +104,8 @@ def get_args(argv=None):
     p.add_argument("--lambda-fkd", type=float, default=0.0,
                    help="weight of feature KD, FitNets (Eq. 22), a baseline; 0: off (needs the live teacher)")
     p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
-    p.add_argument("--vr-grid", type=int, nargs=2, default=(4, 2), metavar=("GH", "GW"), help="token grid per strip (Eq. 12)")
+    p.add_argument("--vr-grid", type=int, nargs=2, default=(4, 2), metavar=("GH", "GW"),
+                   help="token grid per strip (Eq. 12)")
     p.add_argument("--feature-level", type=int, default=1, choices=[0, 1, 2, 3],
                    help="decoder stage whose features VRKD distills (Eq. 12): 0/1/2/3 = stride 16/8/4/2")
     p.add_argument("--vr-student", default="features", choices=["features", "probs"],
@@ -265,7 +270,8 @@ def main(argv=None):
                               image_size=args.image_size, dataroot=args.dataroot, version=args.version,
                               seed=args.seed, **train_options(args))
     val_set = build_dataset(args.data, split_name(args.data, args.version, "val"),
-                            image_size=args.image_size, dataroot=args.dataroot, version=args.version)  # fixed worlds: seed 0
+                            image_size=args.image_size, dataroot=args.dataroot,
+                            version=args.version)  # fixed worlds: seed 0
     val_set = torch.utils.data.Subset(val_set, range(min(args.val_samples, len(val_set))))
     if args.data == "synthetic":  # render the worlds once, not at every validation
         val_set = [val_set[i] for i in range(len(val_set))]
@@ -363,7 +369,8 @@ def main(argv=None):
             if main_process:
                 log.write(json.dumps({"step": step, "val": metrics}) + "\n")
                 log.flush()
-                bar.write(f"step {step}: val abs_rel {metrics['abs_rel']:.4f} rmse {metrics['rmse']:.3f} a1 {metrics['a1']:.3f}")
+                bar.write(f"step {step}: val abs_rel {metrics['abs_rel']:.4f} rmse {metrics['rmse']:.3f} "
+                          f"a1 {metrics['a1']:.3f}")
                 save_checkpoint(ckpt_path, {"config": asdict(model.cfg), "model": model.state_dict(),
                                             "optimizer": optimizer.state_dict(), "step": step, "args": vars(args),
                                             "rng": rng_state(device), "scaler": scaler.state_dict(),
