@@ -83,6 +83,14 @@ def test_response_kd_is_dense_silog_against_the_aligned_teacher():
     pred = torch.cat([2.0 * teacher, view([7.0, 7.0, 3.0, 9.0])], dim=1)
     loss = losses.response_kd(pred, s, target, target > 0, 0.1, 80.0)
     assert float(loss) == pytest.approx(10.0 * math.sqrt(0.15) * math.log(2.0), rel=1e-5)
+    # omega (DDAD's ego-car mask) drops pixels from Omega: wrong only where masked -> the same loss
+    wrong = pred.clone()
+    wrong[..., 0, 3] = 50.0  # view 1, pixel 3 far off, but masked out
+    omega = torch.ones_like(pred, dtype=torch.bool)
+    omega[..., 3] = False
+    masked = losses.response_kd(wrong, s, target, target > 0, 0.1, 80.0, omega)
+    assert float(masked) == pytest.approx(10.0 * math.sqrt(0.15) * math.log(2.0), rel=1e-5)
+    assert float(losses.response_kd(wrong, s, target, target > 0, 0.1, 80.0)) > float(loss) + 0.1
 
 
 def identity_adapter(channels):
@@ -126,7 +134,7 @@ def test_objective_adds_the_baselines_with_their_weights():
     cfg = losses.LossConfig(pairs=(), min_depth=0.1, max_depth=80.0, lambda_ckd=0.0, lambda_vr=0.0,
                             lambda_rkd=0.5, lambda_fkd=2.0)
     plain, _ = losses.objective(out, target, base)
-    loss, terms = losses.objective(out, target, cfg, farness, None, feats, adapter)
+    loss, terms = losses.objective(out, target, cfg, farness, None, teacher_features=feats, adapter=adapter)
     rkd = losses.response_kd(out["depth"], farness, target, target > 0, 0.1, 80.0)
     fkd = losses.feature_kd(out["features"], feats, adapter)
     torch.testing.assert_close(terms["rkd"], rkd)

@@ -16,7 +16,8 @@ import losses
 import train
 from data import build_dataset
 from model import Student, StudentConfig, load_checkpoint
-from teacher import build_teacher, distillation_targets
+from cache import distillation_targets
+from teacher import build_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
