@@ -171,12 +171,15 @@ def pool_cross_view(samples):
 
 def mean_metrics(rows):
     """Average a list of metric dicts key by key (None rows are skipped); None if empty. The
-    counts 'num_images' (1 per row without one) and 'num_pixels' are summed, not averaged."""
+    counts 'num_images' (1 per row without one) and, where the rows carry it, 'num_pixels' are
+    summed, not averaged."""
     rows = [r for r in rows if r is not None]
     if not rows:
         return None
-    return {**{k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS},
-            "num_images": sum(r.get("num_images", 1) for r in rows), "num_pixels": sum(r["num_pixels"] for r in rows)}
+    counts = {"num_images": sum(r.get("num_images", 1) for r in rows)}
+    if all("num_pixels" in r for r in rows):
+        counts["num_pixels"] = sum(r["num_pixels"] for r in rows)
+    return {**{k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS}, **counts}
 
 
 def _scored(pred, gt, depth_range, median_scaling):

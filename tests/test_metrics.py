@@ -221,3 +221,16 @@ def test_column_bands_locate_the_error():
     assert res["column_bands"]["ground_truth"] == "sparse"  # without dense ground truth: the LiDAR pixels
     assert res["column_bands"]["abs_rel"] == pytest.approx([1.0] * evaluate.NUM_BANDS, rel=1e-6)
     assert "Metric AbsRel by column band, left to right (sparse" in evaluate.format_table(res, "t")
+
+
+def test_mean_metrics_sums_counts_only_where_every_row_has_them():
+    """Rows from compute_depth_metrics (no pixel count, e.g. the teacher rows of the ablation) average
+    without a 'num_pixels'; rows that carry counts get them summed, not averaged."""
+    gt = np.array([[2.0, 4.0], [8.0, 0.0]])
+    a = evaluate.compute_depth_metrics(gt * 1.1, gt)
+    b = evaluate.compute_depth_metrics(gt * 0.5, gt)
+    mean = evaluate.mean_metrics([a, b, None])
+    assert mean["abs_rel"] == pytest.approx((0.1 + 0.5) / 2) and mean["num_images"] == 2
+    assert "num_pixels" not in mean
+    counted = evaluate.mean_metrics([{**a, "num_pixels": 3}, {**b, "num_pixels": 5}])
+    assert counted["num_pixels"] == 8 and counted["abs_rel"] == pytest.approx(0.3)
