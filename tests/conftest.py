@@ -1,4 +1,5 @@
 """pytest setup: the project is a flat folder of modules; make them importable from tests/."""
+import contextlib
 import os
 import sys
 
@@ -33,3 +34,13 @@ def tiny_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-da-v2")
     model.save_pretrained(folder)
     return folder
+
+
+@contextlib.contextmanager
+def hidden(path):
+    """Move a fixture file away for the duration of a block."""
+    os.rename(path, path + ".hidden")
+    try:
+        yield path
+    finally:
+        os.rename(path + ".hidden", path)

@@ -19,6 +19,7 @@ from pyquaternion import Quaternion
 import data
 import ddad
 import ddad_fixture as fx
+from conftest import hidden
 from cli import DatasetError, InputError
 from rig import ADJACENT_PAIRS, CAMERAS
 
@@ -37,16 +38,6 @@ def dataroot(tmp_path_factory):
 
 def make(dataroot, split="train", **kwargs):
     return ddad.DDADSurround(dataroot, split=split, image_size=kwargs.pop("image_size", SIZE), **kwargs)
-
-
-@contextlib.contextmanager
-def hidden(path):
-    """Move a fixture file away for the duration of a block."""
-    os.rename(path, path + ".hidden")
-    try:
-        yield path
-    finally:
-        os.rename(path + ".hidden", path)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ by up to ~0.02 px. Two tolerances separate the loader from that reference, both 
 pixel: float rounding (FLOAT_TOL; from_file_multisweep keeps one float32 step), and the cache,
 which stores u, v in 1/32 px and z as float16 (CACHE_TOL, Z_RTOL).
 """
-import contextlib
 import os
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 
 import data
 import nusc as loader  # the module; `nusc` names the devkit's NuScenes object below
+from conftest import hidden
 import nuscenes_fixture as fx
 import rig
 
@@ -47,16 +47,6 @@ def nusc(dataroot):
 def make(dataroot, split="mini_train", **kwargs):
     """The loader on the fixture."""
     return loader.NuScenesSurround(dataroot, version=fx.VERSION, split=split, **kwargs)
-
-
-@contextlib.contextmanager
-def hidden(path):
-    """Move a fixture file away for the duration of a block."""
-    os.rename(path, path + ".hidden")
-    try:
-        yield path
-    finally:
-        os.rename(path + ".hidden", path)
 
 
 def devkit_points(nusc, sample_token, channel, image_size=NATIVE, nsweeps=1):
