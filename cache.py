@@ -35,16 +35,23 @@ FARNESS_LEVELS = 255  # s in [0, 1] -> round(s * 255) in uint8: steps of 1/255, 
 DEFAULT_CACHE_ROOT = "outputs/teacher_cache"  # where `cache.py` writes and `train.py` looks
 
 
-def distillation_targets(teacher, batch, strip, grid):
-    """What training needs from the teacher for a batch (images float in [0, 1], see
-    `data.batch_to_device`): the normalised farness s of Eq. (6), (B, N, 1, H, W), and the border
-    tokens (left, right) of Eq. (12), each (B, N, L, C)."""
-    images = batch.get("images_teacher", batch["images"])  # un-jittered when augmenting
+def teacher_pass(teacher, batch):
+    """One frozen teacher pass over a batch (images float in [0, 1], see `data.batch_to_device`;
+    the un-jittered `images_teacher` when augmenting) -> the normalised farness s of Eq. (6),
+    (B, N, 1, H, W), and the teacher's features (B, N, C, h, w) (tokens of Eq. 12, targets of Eq. 22)."""
+    images = batch.get("images_teacher", batch["images"])
     b, n = images.shape[:2]
     dense = batch.get("depth_dense")
     out = teacher(images.flatten(0, 1), None if dense is None else dense.flatten(0, 1))
     farness = losses.normalised_farness(out["disparity"]).unflatten(0, (b, n))  # (B, N, 1, H, W)
-    features = out["features"].unflatten(0, (b, n))  # (B, N, C, h, w)
+    return farness, out["features"].unflatten(0, (b, n))  # (B, N, C, h, w)
+
+
+def distillation_targets(teacher, batch, strip, grid, passed=None):
+    """What training needs from the teacher for a batch: the normalised farness s of Eq. (6),
+    (B, N, 1, H, W), and the border tokens (left, right) of Eq. (12), each (B, N, L, C).
+    passed: the result of `teacher_pass` on this batch, if already run (else it runs here)."""
+    farness, features = teacher_pass(teacher, batch) if passed is None else passed
     # Self-occlusion masks (DDAD, `omega`): the tokens pool the kept pixels only, as the student's.
     return farness, losses.border_tokens(features, strip, tuple(grid), batch.get("omega"))
 

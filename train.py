@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import losses
-from cache import DEFAULT_CACHE_ROOT, CachedTargets, cache_key, distillation_targets, find_cache
+from cache import DEFAULT_CACHE_ROOT, CachedTargets, cache_key, distillation_targets, find_cache, teacher_pass
 from cli import InputError, run_cli, write_text
 from data import DATASETS, DEFAULT_IMAGE_SIZE, batch_to_device, build_dataset, depth_range, split_name
 from evaluate import METRIC_KEYS, evaluate_model
@@ -172,15 +172,6 @@ def loss_config(args):
                              sigma=args.sigma, lambda_vr=args.lambda_vr, vr_strip=args.vr_strip,
                              vr_grid=tuple(args.vr_grid), vr_tau=args.vr_tau, vr_student=args.vr_student,
                              teacher_norm=args.teacher_norm, lambda_rkd=args.lambda_rkd, lambda_fkd=args.lambda_fkd)
-
-
-def teacher_features(teacher, batch):
-    """The teacher's features (B, N, C_T, h_T, w_T) for feature KD, Eq. (22), from the images
-    distillation_targets uses (un-jittered when augmenting) and, for the emulated teacher, the dense depth."""
-    images = batch.get("images_teacher", batch["images"])
-    dense = batch.get("depth_dense")
-    out = teacher(images.flatten(0, 1), None if dense is None else dense.flatten(0, 1))
-    return out["features"].unflatten(0, images.shape[:2])
 
 
 def distribute(model, device, world):
@@ -342,9 +333,10 @@ def main(argv=None):
         # Data and teacher targets (from the cache, or one frozen teacher pass).
         batch = batch_to_device(batch, device)  # uint8 images become float in [0, 1] here
         farness, tokens = batch.pop("teacher_farness", None), batch.pop("teacher_similarity", None)
+        passed = None if teacher is None else teacher_pass(teacher, batch)  # one frozen pass per step
         if cache is None and needs_targets:
-            farness, tokens = distillation_targets(teacher, batch, args.vr_strip, args.vr_grid)
-        features = None if adapter is None else teacher_features(teacher, batch)  # Eq. (22)
+            farness, tokens = distillation_targets(teacher, batch, args.vr_strip, args.vr_grid, passed)
+        features = None if adapter is None else passed[1]  # Eq. (22): the same pass's features
         # Forward, losses, backward, step.
         lr = one_cycle_lr(step, args.steps, args.lr)
         for group in optimizer.param_groups:
