@@ -33,6 +33,8 @@ from cli import InputError, atomic_path, write_text
 from data import build_dataset
 from model import load_checkpoint
 from rig import MAX_DEPTH, MIN_DEPTH
+from sampling import StepSampler
+from synthetic import SPLIT_LENGTHS, SyntheticSurround, render_cache_path
 from teacher import build_teacher
 from viz import bev_figure, save_png
 
@@ -52,7 +54,8 @@ SETTINGS = {**DEFAULT_SETTINGS, **EXTRA_SETTINGS}
 DEMO_SEEDS = (0, 1, 2, 3, 4)
 LONG_SEEDS = (0, 1, 2)
 # Flags that do not change what a run learns: a finished run is reused whatever their values.
-RUN_LOCAL = ("out", "resume", "device", "workers", "val_every", "val_samples", "teacher_cache", "dataroot")
+RUN_LOCAL = ("out", "resume", "device", "workers", "val_every", "val_samples", "teacher_cache", "dataroot",
+             "render_cache")
 # Two-sided 95 % Student-t quantiles t_{0.975, df} for df = 1..9 (standard tables); the 95 %
 # interval of a mean over n paired seeds is mean +- t_{0.975, n-1} * sd / sqrt(n).
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -70,11 +73,12 @@ def run_folder(name, seed, root):
 _TEST_SETS = {}  # image size -> the rendered synthetic test split, shared by every run
 
 
-def synthetic_test_split(image_size):
-    """The synthetic test split at `image_size`, rendered once per process (64 samples)."""
+def synthetic_test_split(image_size, render_cache=None):
+    """The synthetic test split at `image_size`, rendered once per process (64 samples), or read
+    from the render cache folder `render_cache` (see synthetic.SyntheticSurround)."""
     key = tuple(image_size)
     if key not in _TEST_SETS:
-        test = build_dataset("synthetic", "test", image_size=key)
+        test = build_dataset("synthetic", "test", image_size=key, cache_dir=render_cache)
         _TEST_SETS[key] = [test[i] for i in range(len(test))]
     return _TEST_SETS[key]
 
@@ -145,16 +149,16 @@ def teacher_zero_shot(argv=None):
         write_text(args.json, json.dumps({**results, "bins": usage}, indent=2))
     return results
 
-def expected_args(name, steps, seed):
+def expected_args(name, steps, seed, amp="off"):
     """The train.py args a (setting, seed) run must have saved, as plain JSON values."""
-    args = vars(train.get_args(SETTINGS[name] + ["--steps", str(steps), "--seed", str(seed)]))
+    args = vars(train.get_args(SETTINGS[name] + ["--steps", str(steps), "--seed", str(seed), "--amp", amp]))
     return json.loads(json.dumps(args))
 
 
-def check_args(saved, name, steps, seed, where):
+def check_args(saved, name, steps, seed, where, amp="off"):
     """Raise InputError unless every flag outside RUN_LOCAL of the run's saved args equals the
     setting's (a run trained before a flag existed lacks it, and does not match)."""
-    want, have = expected_args(name, steps, seed), json.loads(json.dumps(saved))
+    want, have = expected_args(name, steps, seed, amp), json.loads(json.dumps(saved))
     differ = sorted(k for k in set(want) | set(have) if k not in RUN_LOCAL and want.get(k) != have.get(k))
     if differ:
         shown = ", ".join(f"--{k.replace('_', '-')} {have.get(k)!r} (setting: {want.get(k)!r})" for k in differ[:4])
@@ -170,7 +174,9 @@ def run_one(name, seed, args):
     done = os.path.exists(ckpt_path) and torch.load(ckpt_path, weights_only=False)["step"] >= args.steps
     if not os.path.exists(result_path) and not done:
         flags = SETTINGS[name] + ["--steps", str(args.steps), "--seed", str(seed), "--val-every", str(args.steps),
-                                  "--teacher-cache", "none", "--out", out]  # the live teacher: exact targets
+                                  "--teacher-cache", "none", "--out", out,  # the live teacher: exact targets
+                                  "--device", args.device, "--amp", args.amp]
+        flags += [] if args.render_cache is None else ["--render-cache", args.render_cache]
         if os.path.exists(ckpt_path):  # a run stopped part-way: continue it (train.py checks its flags)
             flags.append("--resume")
         else:  # killed before its checkpoint (the only one is at the last step): its log is all there is
@@ -179,26 +185,90 @@ def run_one(name, seed, args):
                     os.remove(os.path.join(out, stale))
         train.main(flags)
     model, ckpt = load_checkpoint(ckpt_path)  # loaded once: checked, then scored
-    check_args(ckpt.get("args", {}), name, args.steps, seed, out)
+    check_args(ckpt.get("args", {}), name, args.steps, seed, out, args.amp)
     if os.path.exists(result_path):
         with open(result_path) as f:
             results = json.load(f)
         if "cross_view" in results:
             return results
-    test = synthetic_test_split(model.cfg.image_size)
+    test = synthetic_test_split(model.cfg.image_size, args.render_cache)
     results = evaluate.evaluate_model(model, test, torch.device("cpu"), progress=False)
     with atomic_path(result_path) as tmp, open(tmp, "w") as f:  # test.json marks a finished run
         json.dump(results, f)
     return results
 
 
-def finished(name, seed, root):
-    """The test.json results of a finished (setting, seed) run under root, or None."""
-    path = os.path.join(run_folder(name, seed, root), "test.json")
+def world_keys(args):
+    """Every synthetic world the runs of `args` read, as (split, seed, index): the test split and,
+    per seed, the training items of StepSampler's first args.steps batches (the same for every row)."""
+    keys = [("test", 0, i) for i in range(SPLIT_LENGTHS["test"])]
+    batch_size = train.get_args([]).batch_size
+    for seed in args.seeds:
+        sampler = StepSampler(SPLIT_LENGTHS["train"], batch_size, seed, 0, args.steps)
+        keys += [("train", seed, i) for step in range(args.steps) for i in sampler.batch(step)]
+    return list(dict.fromkeys(keys))
+
+
+def render_world(key, image_size, root):
+    """Render world `key` = (split, seed, index) at image_size into the render cache `root`."""
+    split, seed, index = key
+    SyntheticSurround(split, image_size=image_size, seed=seed, cache_dir=root)[index]
+
+
+def start_job(threads):
+    """A worker process of --jobs: its share of the CPU threads, fp32 without TF32, no inner bars."""
+    torch.set_num_threads(threads)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    os.environ["TQDM_DISABLE"] = "1"
+
+
+def run_in_pool(pairs, args):
+    """The missing (setting, seed) runs in args.jobs processes: first every world they read is
+    rendered once into the render cache, then the runs train and evaluate side by side (one
+    device, args.jobs runs at a time) -> {(name, seed): results}."""
+    import functools
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor  # not daemonic: a run's DataLoader may start workers
+
+    from tqdm import tqdm
+    size = tuple(train.get_args([]).image_size)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    if args.render_cache is not None:  # numpy ray casting: one process per core
+        keys = [k for k in world_keys(args) if not os.path.exists(render_cache_path(args.render_cache, *k[:2],
+                                                                                     size, k[2]))]
+        with ProcessPoolExecutor(os.cpu_count(), mp_context=mp.get_context("spawn"), initializer=start_job,
+                                 initargs=(1,)) as pool:
+            render = functools.partial(render_world, image_size=size, root=args.render_cache)
+            for _ in tqdm(pool.map(render, keys, chunksize=4), total=len(keys), desc="render worlds"):
+                pass
+    with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=start_job,
+                             initargs=(threads,)) as pool:
+        done = pool.map(functools.partial(run_pair, args=args), pairs)
+        return dict(zip(pairs, tqdm(done, total=len(pairs), desc=f"runs ({args.jobs} at a time)")))
+
+
+def run_pair(pair, args):
+    """run_one for a (setting, seed) pair (a picklable task of run_in_pool)."""
+    return run_one(*pair, args)
+
+
+def finished(name, seed, args):
+    """The test.json results of a finished (setting, seed) run under args.out, or None. Its saved
+    args.json must match the setting (check_args), as a run that trains here must."""
+    folder = run_folder(name, seed, args.out)
+    path = os.path.join(folder, "test.json")
     if not os.path.exists(path):
         return None
+    with open(os.path.join(folder, "args.json")) as f:
+        check_args(json.load(f), name, args.steps, seed, folder, args.amp)
     with open(path) as f:
         return json.load(f)
+
+
+def run_device(name, seed, root):
+    """The --device a finished run trained on (from its args.json), e.g. 'cpu' or 'cuda'."""
+    with open(os.path.join(run_folder(name, seed, root), "args.json")) as f:
+        return torch.device(json.load(f)["device"]).type
 
 
 def train_minutes(name, seed, root):
@@ -320,25 +390,44 @@ def ablation(argv=None):
     p.add_argument("--out", default="outputs/ablation", help="folder of the runs, table.md and bev.png")
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
                    help="train and evaluate the missing runs (--no-train: tabulate the finished ones only)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device of the training (evaluation runs on the CPU)")
+    p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
+                   help="autocast of the training; off (fp32, TF32 off) makes CPU and CUDA runs comparable")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs side by side, each in its own process with its share of the CPU threads (a GPU "
+                        "box: 8); the worlds are rendered first, one process per core")
+    p.add_argument("--render-cache", default="outputs/render_cache",
+                   help="folder where the synthetic worlds are kept, rendered once for all rows of a seed "
+                        "('none': render them in every run)")
     p.add_argument("--figure", action=argparse.BooleanOptionalAction, default=True,
                    help="write bev.png: the first seed's baseline and CKD + VRKD (those of --settings) "
                         "and the dense ground truth, seen from above")
     args = p.parse_args(argv)
+    args.render_cache = None if args.render_cache == "none" else args.render_cache
+    if args.amp == "off":  # fp32 means fp32 on CUDA too (cuDNN would use TF32 for convolutions)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     start = time.time()
     runs = {(name, s): None for s in args.seeds for name in args.settings}  # seed-major: early rows first
+    if args.train and args.jobs > 1:
+        runs.update(run_in_pool(list(runs), args))
     for name, s in runs:
-        runs[name, s] = run_one(name, s, args) if args.train else finished(name, s, args.out)
+        runs[name, s] = runs[name, s] or (run_one(name, s, args) if args.train else finished(name, s, args))
     teacher_name = train.get_args([]).teacher
-    teacher = teacher_error(build_teacher(teacher_name), synthetic_test_split(train.get_args([]).image_size))
+    teacher = teacher_error(build_teacher(teacher_name),
+                            synthetic_test_split(train.get_args([]).image_size, args.render_cache))
     minutes = [m for m in (train_minutes(n, s, args.out) for n, s in runs if runs[n, s]) if m is not None]
+    devices = sorted({run_device(n, s, args.out) for n, s in runs if runs[n, s]})
     lines = ablation_table(runs, args.settings, args.seeds, teacher)
     table = "\n".join(lines) + (
         f"\n\n{args.steps} steps, seeds {args.seeds} (finished runs per row in the 'seeds' column), synthetic "
-        f"test split (64 samples), teacher {teacher_name}. Training time of the {len(minutes)} finished runs: "
+        f"test split (64 samples), teacher {teacher_name}, trained on {' and '.join(devices) or '-'} with autocast "
+        f"{args.amp}. Training time of the {len(minutes)} finished runs: "
         f"{sum(minutes):.0f} min ({np.mean(minutes) if minutes else 0:.1f} min per run); this table took "
         f"{(time.time() - start) / 60:.0f} min.\n")
     write_text(os.path.join(args.out, "table.md"), table)
     print(table)
-    names = [n for n in FIGURE_SETTINGS if n in args.settings and runs.get((n, args.seeds[0]))]
+    names = [n for n in FIGURE_SETTINGS if n in args.settings and runs.get((n, args.seeds[0]))
+             and os.path.exists(os.path.join(run_folder(n, args.seeds[0], args.out), "checkpoint.pt"))]
     if args.figure and len(names) == len(FIGURE_SETTINGS):
         save_png(bev_comparison(names, args.seeds[0], args.out), os.path.join(args.out, "bev.png"))

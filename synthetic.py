@@ -15,9 +15,12 @@ a camera pixel gets ground truth where a return lands in it and the camera sees 
 (the rendered depth agrees with the return's depth within LIDAR_VISIBLE_TOL). Its value is the
 rendered z-depth of that pixel, so the sparse and the dense ground truth agree exactly.
 """
+import os
+
 import numpy as np
 import torch
 
+from cli import DatasetError, atomic_path
 from rig import MAX_DEPTH, render_sparse_depth
 
 # --- the rig (ego frame: x forward, y left, z up; origin on the ground below the car center) ---
@@ -44,6 +47,9 @@ NUM_OBJECTS = (10, 40)  # inclusive range of objects per world
 HAZE_DISTANCE = 120.0  # meters; colour tends to the horizon colour as exp(-t / HAZE_DISTANCE)
 SKY_TOP, SKY_HORIZON = np.array([0.35, 0.52, 0.85]), np.array([0.78, 0.85, 0.93])
 NOISE_SIGMA = 0.01  # sensor noise on the rendered images, in [0, 1] units
+# The renderer's version: raise it whenever a change here alters what an item holds, so that a
+# render cache written by other code is never read (it lives in a folder named after it).
+RENDER_VERSION = 1
 
 
 def camera_rig(image_size=DEFAULT_IMAGE_SIZE):
@@ -289,23 +295,56 @@ class SyntheticSurround(torch.utils.data.Dataset):
 
     split: 'train', 'val' or 'test' (disjoint seeds). image_size: (H, W), any size.
     seed: a global seed; length: items per split (default SPLIT_LENGTHS).
+    cache_dir: None, or a folder where each rendered item is kept (`render_cache_path`) and read
+    back instead of rendering it again: the rows of an ablation share their worlds.
     Items: images (6, 3, H, W) in [0, 1]; depth, depth_dense (6, 1, H, W) meters, 0 = none;
     intrinsics (6, 3, 3); cam_to_ego (6, 4, 4); all float32 tensors, cameras as rig.CAMERAS.
     """
 
-    def __init__(self, split="train", image_size=DEFAULT_IMAGE_SIZE, seed=0, length=None):
+    def __init__(self, split="train", image_size=DEFAULT_IMAGE_SIZE, seed=0, length=None, cache_dir=None):
         if split not in SPLIT_IDS:
             raise ValueError(f"synthetic split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
         self.split, self.image_size, self.seed = split, tuple(image_size), seed
         self.length = SPLIT_LENGTHS[split] if length is None else length
+        self.cache_dir = cache_dir
 
     def __len__(self):
         return self.length
 
     def __getitem__(self, index):
-        rng = np.random.default_rng([SPLIT_IDS[self.split], self.seed, index])
-        world = make_world(rng)
-        images, dense, sparse, intrinsics, cam_to_ego = render_sample(world, self.image_size, rng)
+        path = None if self.cache_dir is None else render_cache_path(self.cache_dir, self.split, self.seed,
+                                                                       self.image_size, index)
+        if path is not None and os.path.exists(path):
+            images, dense, seen = read_rendered(path)
+        else:
+            rng = np.random.default_rng([SPLIT_IDS[self.split], self.seed, index])
+            images, dense, sparse, _, _ = render_sample(make_world(rng), self.image_size, rng)
+            images, dense, seen = images.astype(np.float32), dense.astype(np.float32), sparse > 0
+            if path is not None:
+                with atomic_path(path) as tmp:  # a concurrent reader sees the whole file or none
+                    np.savez(tmp, images=images, dense=dense, seen=np.packbits(seen))
+        intrinsics, cam_to_ego = camera_rig(self.image_size)
         as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
-        return {"images": as_tensor(images), "depth": as_tensor(sparse), "depth_dense": as_tensor(dense),
-                "intrinsics": as_tensor(intrinsics), "cam_to_ego": as_tensor(cam_to_ego)}
+        return {"images": as_tensor(images), "depth": as_tensor(np.where(seen, dense, 0.0)),
+                "depth_dense": as_tensor(dense), "intrinsics": as_tensor(intrinsics),
+                "cam_to_ego": as_tensor(cam_to_ego)}
+
+
+def render_cache_path(root, split, seed, image_size, index):
+    """Where item `index` of (split, seed) at image_size (H, W) is kept under a render cache `root`:
+    one .npz per item, in a folder named after everything the item depends on (RENDER_VERSION too)."""
+    h, w = image_size
+    return os.path.join(root, f"v{RENDER_VERSION}", f"{split}_seed{seed}_{h}x{w}", f"{index}.npz")
+
+
+def read_rendered(path):
+    """A cached item -> images (6, 3, H, W) float32, dense depth (6, 1, H, W) float32 meters and the
+    boolean mask (6, 1, H, W) of the pixels with sparse ground truth, which holds the dense depth
+    there (render_sample draws it so). Exactly the arrays the renderer made."""
+    try:
+        with np.load(path) as f:
+            images, dense = f["images"], f["dense"]
+            seen = np.unpackbits(f["seen"], count=dense.size).reshape(dense.shape).astype(bool)
+    except (OSError, ValueError, KeyError) as e:
+        raise DatasetError(f"{path}: unreadable render cache item ({e}) ; delete it to render it again") from None
+    return images, dense, seen

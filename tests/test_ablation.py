@@ -71,3 +71,21 @@ def test_teacher_bin_usage_by_hand():
     std = (math.log(31.0) - math.log(30.0)) / 2 * math.sqrt(8 / 24)
     assert usage["affine"] == pytest.approx({"far_bins": 2, "far_share": 0.5, "log_depth_std": std}, rel=1e-4)
     assert usage["rank"] == pytest.approx({"far_bins": 3, "far_share": 0.5, "log_depth_std": 0.0}, abs=1e-6)
+
+
+def test_world_keys_are_exactly_the_worlds_a_run_reads(tmp_path):
+    import argparse
+    import os
+
+    import synthetic
+    import train
+    steps, seed = 3, 5
+    train.main(["--steps", str(steps), "--seed", str(seed), "--image-size", "32", "64", "--lambda-ckd", "0",
+                "--lambda-vr", "0", "--val-every", str(steps), "--val-samples", "1", "--workers", "0",
+                "--render-cache", str(tmp_path / "worlds"), "--out", str(tmp_path / "run")])
+    folder = os.path.dirname(synthetic.render_cache_path(str(tmp_path / "worlds"), "train", seed, (32, 64), 0))
+    read = {int(name.split(".")[0]) for name in os.listdir(folder)}
+    keys = ablation.world_keys(argparse.Namespace(seeds=[seed], steps=steps))
+    assert {i for split, s, i in keys if split == "train"} == read and len(read) == steps * 2
+    assert {(split, s) for split, s, _ in keys} == {("train", seed), ("test", 0)}
+    assert len([k for k in keys if k[0] == "test"]) == synthetic.SPLIT_LENGTHS["test"]

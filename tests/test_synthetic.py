@@ -10,13 +10,18 @@
   the same surface there (and would not with transposed rotations);
 - the sparse LiDAR ground truth equals the dense depth at its pixels, with a plausible coverage;
 - render_sparse_depth: nearest point wins, points behind / too near / outside are dropped, a
-  point lands in pixel (floor(u), floor(v)).
+  point lands in pixel (floor(u), floor(v));
+- the render cache: an item read back equals the rendered one exactly, its path names split,
+  seed, size, index and RENDER_VERSION, a broken file is a one-line error.
 """
+import os
+
 import numpy as np
 import pytest
 import torch
 
 import synthetic
+from cli import DatasetError
 from rig import ADJACENT_PAIRS, CAMERAS, MAX_DEPTH, MIN_DEPTH, render_sparse_depth
 
 SIZE = (48, 80)
@@ -281,3 +286,35 @@ def test_render_sparse_depth_drops_behind_near_and_outside():
     keep = np.array([[(79.9 - 40) * 5 / 50, 0.0, 5.0]])  # u = 79.9: the last column
     d = render_sparse_depth(np.concatenate([points, keep]), K, 48, 80)
     assert np.count_nonzero(d) == 1 and d[24, 79] == pytest.approx(5.0)
+
+
+def test_render_cache_returns_exactly_the_rendered_item_and_is_read_back(tmp_path, monkeypatch):
+    fresh = synthetic.SyntheticSurround("train", image_size=SIZE, seed=4)[3]
+    cached = synthetic.SyntheticSurround("train", image_size=SIZE, seed=4, cache_dir=str(tmp_path))
+    first = cached[3]  # renders and writes
+    path = synthetic.render_cache_path(str(tmp_path), "train", 4, SIZE, 3)
+    assert os.path.exists(path) and len(os.listdir(os.path.dirname(path))) == 1  # no temporary left
+    monkeypatch.setattr(synthetic, "render_sample", lambda *a: pytest.fail("rendered again"))
+    again = cached[3]  # read back, not rendered
+    for key in fresh:
+        assert fresh[key].dtype == again[key].dtype == torch.float32
+        assert torch.equal(fresh[key], first[key]) and torch.equal(fresh[key], again[key]), key
+
+
+def test_render_cache_path_names_everything_an_item_depends_on():
+    base = ("root", "train", 0, (96, 160), 7)
+    paths = {synthetic.render_cache_path(*base), synthetic.render_cache_path("root", "val", 0, (96, 160), 7),
+             synthetic.render_cache_path("root", "train", 1, (96, 160), 7),
+             synthetic.render_cache_path("root", "train", 0, (64, 160), 7),
+             synthetic.render_cache_path("root", "train", 0, (96, 160), 8)}
+    assert len(paths) == 5
+    assert f"v{synthetic.RENDER_VERSION}" in synthetic.render_cache_path(*base).split(os.sep)
+
+
+def test_unreadable_render_cache_item_is_one_line_error(tmp_path):
+    path = synthetic.render_cache_path(str(tmp_path), "test", 0, SIZE, 0)
+    os.makedirs(os.path.dirname(path))
+    with open(path, "wb") as f:
+        f.write(b"half a file")
+    with pytest.raises(DatasetError, match="delete it to render it again"):
+        synthetic.SyntheticSurround("test", image_size=SIZE, cache_dir=str(tmp_path))[0]
