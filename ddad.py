@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from cli import DatasetError, atomic_path
-from rig import CACHE_SUBPIXEL, decode_points, encode_points, render_sparse_depth, scale_intrinsics
+from rig import (CACHE_SUBPIXEL, decode_points, encode_points, render_sparse_depth, scale_intrinsics,
+                 unproject_pixels)
 
 # DDAD's cameras in the ring order of rig.CAMERAS (clockwise seen from above, from the front):
 # front, front-right, back-right, back, back-left, front-left (DDAD's sensor figure; the yaws of
@@ -274,8 +275,7 @@ class DDADSurround(torch.utils.data.Dataset):
     @staticmethod
     def _camera_points(uvz, intrinsics):
         """Cached (P, 3) (u, v, z) -> (P, 3) camera-frame points, X = z K^-1 (u, v, 1)."""
-        u, v, z = uvz.T
-        return np.stack([u * z, v * z, z], axis=1) @ np.linalg.inv(intrinsics).T  # (P, 3)
+        return unproject_pixels(uvz, intrinsics)  # (P, 3)
 
     def _load_image(self, path):
         """(3, H, W) float32 in [0, 1] of a camera image resized to image_size, and its native (H, W)."""

@@ -7,8 +7,8 @@ one DataLoader worker runs it. Side by side in the same run:
 - today's loader: JPEG draft decoding (`nusc.decode_image`), uint8 out;
 - the loader before it: full decoding, and the conversion to float in the worker.
 Each is split into decode, resize (+ float conversion) and ground-truth rendering (the cached
-LiDAR points drawn at the input size). A DDAD-format dataroot is timed too when the DDAD loader
-is there (`'ddad'` in `data.DATASETS`) and `--ddad-root` names one; otherwise one line says why not.
+LiDAR points drawn at the input size). A DDAD-format dataroot is timed too: `--ddad-root`, or by
+default the DDAD test fixture (`tests/ddad_fixture.py`) at 1936 x 1216 with photo-like images.
 The ground-truth cache size per sample is printed as well. Rates are per second of wall-clock
 time and per second of CPU time (on a shared machine the second says what one free core gives).
 """
@@ -126,13 +126,29 @@ def time_nuscenes(dataroot, version, split, image_size, repeats):
     return float(np.median(rates[next(iter(loaders))]))
 
 
+def photo_like_ddad(root):
+    """The DDAD test fixture (`tests/ddad_fixture.py`) at DDAD's native 1936 x 1216, its flat images
+    rewritten as photo-like ones in their own format (.png or .jpg) -> the dataroot `root`."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
+    import ddad_fixture
+
+    ddad_fixture.build_dataroot(root, native=ddad_fixture.FULL_SIZE)
+    rng = np.random.default_rng(0)
+    for folder, _, files in os.walk(root):
+        for name in sorted(files):
+            if os.path.basename(os.path.dirname(folder)) == "rgb" and name.endswith((".png", ".jpg")):
+                Image.fromarray(photo_like(rng, *ddad_fixture.FULL_SIZE)).save(
+                    os.path.join(folder, name), **({"quality": PHOTO_JPEG_QUALITY} if name.endswith(".jpg") else {}))
+    return root
+
+
 def time_ddad(ddad_root, image_size, repeats):
     """samples/s of the DDAD loader on `ddad_root`, or one line saying why it is skipped."""
     if "ddad" not in data.DATASETS:
         print("ddad: skipped (this checkout has no DDAD loader: 'ddad' is not in data.DATASETS)")
         return None
     if ddad_root is None:
-        print("ddad: skipped (pass --ddad-root DIR, a DDAD-format dataroot)")
+        print("ddad: skipped (no DDAD-format dataroot)")
         return None
     dataset = data.build_dataset("ddad", data.split_name("ddad", None, "val"), image_size=image_size,
                                  dataroot=ddad_root)
@@ -151,7 +167,8 @@ def data_benchmark(argv=None):
                    help="a nuScenes-format dataroot (default: a photo-like copy of the test fixture, in a temp folder)")
     p.add_argument("--version", default="v1.0-mini", choices=["v1.0-trainval", "v1.0-mini"], help="nuScenes version")
     p.add_argument("--split", default="mini_train", help="nuScenes split to load")
-    p.add_argument("--ddad-root", default=None, help="a DDAD-format dataroot (timed when the DDAD loader is there)")
+    p.add_argument("--ddad-root", default=None,
+                   help="a DDAD-format dataroot (default: a photo-like copy of the DDAD test fixture at 1936 x 1216)")
     p.add_argument("--image-size", type=int, nargs=2, default=(352, 640), metavar=("H", "W"), help="input size")
     p.add_argument("--repeats", type=int, default=5, help="passes over the samples per timing")
     args = p.parse_args(argv)
@@ -170,7 +187,11 @@ def data_benchmark(argv=None):
                     quality=PHOTO_JPEG_QUALITY)
             rate = time_nuscenes(dataroot, args.version, args.split, tuple(args.image_size), args.repeats)
         print()
-        time_ddad(args.ddad_root, tuple(args.image_size), args.repeats)
+        with tempfile.TemporaryDirectory() as tmp:
+            ddad_root = args.ddad_root
+            if ddad_root is None and "ddad" in data.DATASETS:
+                ddad_root = photo_like_ddad(tmp)
+            time_ddad(ddad_root, tuple(args.image_size), args.repeats)
     finally:
         torch.set_num_threads(threads)
     return rate

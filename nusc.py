@@ -15,7 +15,7 @@ from PIL import Image
 
 from cli import DatasetError, atomic_path
 from rig import (CACHE_SUBPIXEL, CAMERAS, MIN_DEPTH, decode_points, encode_points, render_sparse_depth,
-                 scale_intrinsics)
+                 scale_intrinsics, unproject_pixels)
 
 # Devkit version -> its splits in `nuscenes.utils.splits.create_splits_scenes()`. The full 'val'
 # split (150 scenes, 6,019 keyframe samples) is the evaluation protocol of SurroundDepth.
@@ -136,10 +136,8 @@ def resize_image(image, size):
 def render_points(uvz, k_native, k, height, width, min_z=MIN_DEPTH):
     """Cached points (P, 3) (u, v, z) at the native resolution (intrinsics k_native) -> sparse
     depth (height, width) float32 meters for intrinsics k at that size; nearest point wins."""
-    u, v, z = uvz.T
     # Back to the camera frame, X = z K^-1 (u, v, 1), then `render_sparse_depth` at the output size.
-    points_cam = np.stack([u * z, v * z, z], axis=1) @ np.linalg.inv(k_native).T  # (P, 3)
-    return render_sparse_depth(points_cam, k, height, width, min_z)
+    return render_sparse_depth(unproject_pixels(uvz, k_native), k, height, width, min_z)
 
 
 class NuScenesSurround(torch.utils.data.Dataset):

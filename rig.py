@@ -55,15 +55,32 @@ def render_sparse_depth(points_cam, intrinsics, height, width, min_z=MIN_DEPTH):
     z = points_cam[:, 2]
     front = z > min_z
     pts, z = points_cam[front], z[front]
-    uvw = pts @ np.asarray(intrinsics, dtype=np.float64).T  # (P, 3)
-    u = np.floor(uvw[:, 0] / z).astype(np.int64)  # pixel column; pixel centers at +0.5
-    v = np.floor(uvw[:, 1] / z).astype(np.int64)
+    k = np.asarray(intrinsics, dtype=np.float64)
+    x, y = pts[:, 0], pts[:, 1]  # written out, not pts @ k.T: no BLAS call, whose idle threads
+    # would spin beside a one-core DataLoader worker (the loader's CPU time doubled with them)
+    u = np.floor((k[0, 0] * x + k[0, 1] * y + k[0, 2] * z) / z).astype(np.int64)  # column; centers at +0.5
+    v = np.floor((k[1, 0] * x + k[1, 1] * y + k[1, 2] * z) / z).astype(np.int64)
     inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
     u, v, z = u[inside], v[inside], z[inside]
     # Write far to near, so that the nearest point in each pixel is written last and wins.
     order = np.argsort(-z, kind="stable")
     depth[v[order], u[order]] = z[order]
     return depth
+
+
+def unproject_pixels(uvz, intrinsics):
+    """Cached points (P, 3) (u, v, z) (pixel coordinates and z-depth in meters) -> (P, 3) points
+    in the camera frame, X = z K^-1 (u, v, 1), for pinhole intrinsics (3, 3) (upper triangular,
+    K[2, 2] = 1). Written out element by element: a loader worker calls it per view, and any BLAS
+    or LAPACK call (np.linalg.inv, @) wakes numpy's BLAS threads, whose spinning doubled the
+    loader's CPU time beside a one-core worker."""
+    k = np.asarray(intrinsics, dtype=np.float64)
+    if k[1, 0] != 0 or k[2, 0] != 0 or k[2, 1] != 0 or k[2, 2] != 1:
+        raise ValueError(f"intrinsics must be upper triangular with K[2, 2] = 1, got {k.tolist()}")
+    u, v, z = np.asarray(uvz, dtype=np.float64).T
+    y = (v - k[1, 2]) / k[1, 1]  # K^-1 (u, v, 1) by back substitution
+    x = (u - k[0, 2] - k[0, 1] * y) / k[0, 0]
+    return np.stack([x * z, y * z, z], axis=1)
 
 
 def scale_intrinsics(intrinsics, sx, sy):

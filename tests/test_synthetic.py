@@ -9,6 +9,7 @@
   of camera n back-projected with its dense depth and projected into its neighbour m lands on
   the same surface there (and would not with transposed rotations);
 - the sparse LiDAR ground truth equals the dense depth at its pixels, with a plausible coverage;
+- unproject_pixels is z K^-1 (u, v, 1) (with skew) and inverts the projection;
 - render_sparse_depth: nearest point wins, points behind / too near / outside are dropped, a
   point lands in pixel (floor(u), floor(v));
 - the render cache: an item read back equals the rendered one exactly, its path names split,
@@ -22,7 +23,7 @@ import torch
 
 import synthetic
 from cli import DatasetError
-from rig import ADJACENT_PAIRS, CAMERAS, MAX_DEPTH, MIN_DEPTH, render_sparse_depth
+from rig import ADJACENT_PAIRS, CAMERAS, MAX_DEPTH, MIN_DEPTH, render_sparse_depth, unproject_pixels
 
 SIZE = (48, 80)
 
@@ -318,3 +319,16 @@ def test_unreadable_render_cache_item_is_one_line_error(tmp_path):
         f.write(b"half a file")
     with pytest.raises(DatasetError, match="delete it to render it again"):
         synthetic.SyntheticSurround("test", image_size=SIZE, cache_dir=str(tmp_path))[0]
+
+
+def test_unproject_pixels_is_z_times_inverse_intrinsics_and_round_trips():
+    k = np.array([[500.0, 3.0, 320.5], [0.0, 480.0, 176.25], [0.0, 0.0, 1.0]])  # with skew
+    rng = np.random.default_rng(0)
+    uvz = np.stack([rng.uniform(0, 640, 50), rng.uniform(0, 352, 50), rng.uniform(1, 80, 50)], axis=1)
+    points = unproject_pixels(uvz, k)
+    expected = uvz[:, 2:] * (np.linalg.inv(k) @ np.stack([uvz[:, 0], uvz[:, 1], np.ones(50)])).T
+    np.testing.assert_allclose(points, expected, rtol=1e-12, atol=1e-9)
+    back = points @ k.T  # project again: (u z, v z, z)
+    np.testing.assert_allclose(back[:, :2] / back[:, 2:], uvz[:, :2], rtol=1e-12)
+    with pytest.raises(ValueError, match="upper triangular"):
+        unproject_pixels(uvz, k.T)
