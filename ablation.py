@@ -1,10 +1,10 @@
 """The ablation of the README (`python benchmark.py ablation`): which terms of Eq. (17) help, and
-the existing-KD baselines of Eqs. (21)-(22); also the teacher's own zero-shot error.
+the existing-KD baselines of Eqs. (21)-(22), beside the teacher's own error (zeroshot.py).
 
     python benchmark.py ablation                          # demo budget: 300 steps, seeds 0-4
+    python benchmark.py ablation --device cuda --jobs 8   # the same on a GPU box, 8 runs at a time
     python benchmark.py ablation --steps 1200 --seeds 0 1 2 --out outputs/ablation_1200
     python benchmark.py ablation --no-train               # tabulate the runs finished so far
-    python benchmark.py teacher --split val               # the emulated teacher's zero-shot error
 
 Each row trains the same student for the same steps with one setting of the training flags
 (DEFAULT_SETTINGS: the supervised baseline, response KD, feature KD, +CKD, +VRKD, CKD + VRKD;
@@ -16,7 +16,10 @@ row is its affine-aligned zero-shot error (`teacher_error`), not a metric predic
 run is reused only if every training flag it saved equals the row's (RUN_LOCAL flags aside), so
 an interrupted ablation resumes; a run whose test.json predates Eq. (20) is re-evaluated from
 its checkpoint. `--figure` (on by default) writes bev.png: the bird's-eye view of one test
-sample, the first seed's baseline beside its CKD + VRKD and the dense ground truth.
+sample, the first seed's baseline beside its CKD + VRKD and the dense ground truth. The worlds
+a seed's runs read are rendered once into `--render-cache` (the rows of a seed share them);
+`--jobs N` renders them first with one process per core, then runs N (setting, seed) runs side
+by side. Training is fp32 by default (`--amp off`, TF32 off on CUDA), so CPU and GPU runs compare.
 """
 import argparse
 import json
@@ -27,16 +30,15 @@ import numpy as np
 import torch
 
 import evaluate
-import losses
 import train
 from cli import InputError, atomic_path, write_text
 from data import build_dataset
 from model import load_checkpoint
-from rig import MAX_DEPTH, MIN_DEPTH
 from sampling import StepSampler
 from synthetic import SPLIT_LENGTHS, SyntheticSurround, render_cache_path
 from teacher import build_teacher
 from viz import bev_figure, save_png
+from zeroshot import teacher_error
 
 # Rows of the table: the train.py flags of each setting; every other flag keeps its default.
 # Listed in the order they run within a seed (the comparisons of the goal first).
@@ -50,7 +52,7 @@ EXTRA_SETTINGS = {**{f"{name}, convex upsampling": flags + ["--upsample", "conve
                   "baseline, stride-2 decoder": SUPERVISED + ["--decoder-channels", "256", "128", "64", "32"]}
 SETTINGS = {**DEFAULT_SETTINGS, **EXTRA_SETTINGS}
 # The seeds, fixed before any run: every one is used. Demo budget (300 steps): 0-4; the longer
-# budget (4x, 1200 steps): 0-2.
+# budgets (2x on the CPU, 4x on a GPU): 0-2.
 DEMO_SEEDS = (0, 1, 2, 3, 4)
 LONG_SEEDS = (0, 1, 2)
 # Flags that do not change what a run learns: a finished run is reused whatever their values.
@@ -82,72 +84,6 @@ def synthetic_test_split(image_size, render_cache=None):
         _TEST_SETS[key] = [test[i] for i in range(len(test))]
     return _TEST_SETS[key]
 
-
-def teacher_error(teacher, dataset, depth_range=(MIN_DEPTH, MAX_DEPTH)):
-    """The teacher's error on `dataset`. 'dense', 'sparse': the Depth Anything zero-shot protocol,
-    every view's disparity aligned by `evaluate.affine_invariant_metrics` to that ground truth.
-    'lidar_aligned': the pseudo-depth D_T of response KD (Eq. 21: aligned on the sparse LiDAR
-    points of each view, as in training) scored against the dense ground truth. Means over images."""
-    rows = {"dense": [], "sparse": [], "lidar_aligned": []}
-    for item in dataset:
-        out = teacher(item["images"], item["depth_dense"])  # the N views as a batch
-        for kind, key in (("dense", "depth_dense"), ("sparse", "depth")):
-            rows[kind] += [evaluate.affine_invariant_metrics(out["disparity"][n, 0], item[key][n, 0], *depth_range)
-                           for n in range(item["images"].shape[0])]
-        sparse = item["depth"]
-        pseudo, fitted = losses.aligned_teacher_depth(losses.normalised_farness(out["disparity"]), sparse,
-                                                      losses.valid_mask(sparse, *depth_range), *depth_range)
-        rows["lidar_aligned"] += [evaluate.compute_depth_metrics(pseudo[n, 0], item["depth_dense"][n, 0], *depth_range)
-                                  for n in range(sparse.shape[0]) if fitted[n].all()]
-    return {kind: evaluate.mean_metrics(r) for kind, r in rows.items()}
-
-FAR_RANGE = 20.0  # meters: "beyond ~20 m everything falls into the last few bins" (README, Eq. 6 study)
-
-
-def teacher_bin_usage(teacher, dataset, num_bins, depth_range=(MIN_DEPTH, MAX_DEPTH)):
-    """Where the teacher's K bins of Eq. (7) live, per normalisation of Eq. (6): each valid dense
-    pixel goes to bin floor(s K) of its farness s -> {mode: {'far_bins': bins holding the pixels
-    beyond FAR_RANGE, 'far_share': their share of the valid pixels, 'log_depth_std': pixel-weighted
-    std of log D* within a bin (how much a bin index says about depth)}}, means over images."""
-    stats = {mode: [] for mode in losses.FARNESS_MODES}
-    for item in dataset:
-        out = teacher(item["images"], item["depth_dense"])
-        depth = item["depth_dense"]  # (N, 1, H, W)
-        valid = losses.valid_mask(depth, *depth_range)
-        for mode in losses.FARNESS_MODES:
-            s = losses.normalised_farness(out["disparity"], mode)
-            bins = (s * num_bins).long().clamp_max(num_bins - 1)  # (N, 1, H, W)
-            for n in range(depth.shape[0]):
-                b, d, v = bins[n][valid[n]], depth[n][valid[n]].log(), valid[n]
-                far = depth[n][v] > FAR_RANGE
-                count = torch.bincount(b, minlength=num_bins).clamp_min(1)
-                mean = torch.bincount(b, d, minlength=num_bins) / count
-                spread = torch.bincount(b, (d - mean[b]) ** 2, minlength=num_bins) / count  # (K,)
-                stats[mode].append((len(b[far].unique()), float(far.float().mean()),
-                                    float((spread[b].sum() / len(b)).sqrt())))
-    return {mode: dict(zip(("far_bins", "far_share", "log_depth_std"), np.mean(rows, axis=0).tolist()))
-            for mode, rows in stats.items()}
-
-def teacher_zero_shot(argv=None):
-    """`python benchmark.py teacher`: the emulated teacher's zero-shot error on a synthetic split."""
-    p = argparse.ArgumentParser(description="Zero-shot error of a teacher, the Depth Anything way (affine-aligned).")
-    p.add_argument("--teacher", default="emulated", help="'emulated' or 'emulated:S' (strength S)")
-    p.add_argument("--split", default="val", choices=["val", "test"], help="synthetic split to score")
-    p.add_argument("--num-bins", type=int, default=64, help="K of the teacher bins of Eq. (7) (train.py --num-bins)")
-    p.add_argument("--json", default=None, help="also write the metrics here")
-    args = p.parse_args(argv)
-    dataset = build_dataset("synthetic", args.split)
-    results = teacher_error(build_teacher(args.teacher), (dataset[i] for i in range(len(dataset))))
-    for kind, m in results.items():
-        print(f"{args.teacher} {args.split} ({len(dataset)} samples), {kind} (vs dense if lidar_aligned): "
-              f"AbsRel {m['abs_rel']:.4f}  RMSE {m['rmse']:.3f}  delta1 {m['a1']:.4f}")
-    usage = teacher_bin_usage(build_teacher(args.teacher), (dataset[i] for i in range(len(dataset))), args.num_bins)
-    for mode, u in usage.items():
-        print(f"Eq. (6) {mode:>6}: pixels beyond {FAR_RANGE:g} m ({100 * u['far_share']:.1f} %) fill "
-              f"{u['far_bins']:.1f} of {args.num_bins} bins; within-bin std of log depth {u['log_depth_std']:.4f}")
-    if args.json:
-        write_text(args.json, json.dumps({**results, "bins": usage}, indent=2))
-    return results
 
 def expected_args(name, steps, seed, amp="off"):
     """The train.py args a (setting, seed) run must have saved, as plain JSON values."""

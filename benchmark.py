@@ -3,7 +3,7 @@
     python benchmark.py ablation [flags]   # which terms of Eq. (17) help (ablation.py)
     python benchmark.py speed [flags]      # student vs Depth Anything V2, time and memory (speed.py)
     python benchmark.py data [flags]       # loading speed per DataLoader worker (loading.py)
-    python benchmark.py teacher [flags]    # the emulated teacher's zero-shot error (ablation.py)
+    python benchmark.py teacher [flags]    # the emulated teacher's zero-shot error (zeroshot.py)
 
 `python benchmark.py MODE -h` lists the flags of a mode.
 """
@@ -25,8 +25,8 @@ def main(argv=None):
         import loading
         return loading.data_benchmark(argv[1:])
     if argv[0] == "teacher":
-        import ablation
-        return ablation.teacher_zero_shot(argv[1:])
+        import zeroshot
+        return zeroshot.teacher_zero_shot(argv[1:])
     import speed
     return speed.speed(argv[1:])
 

@@ -5,6 +5,7 @@ import math
 import pytest
 
 import ablation
+import zeroshot
 from cli import InputError
 
 
@@ -67,7 +68,7 @@ def test_teacher_bin_usage_by_hand():
 
     depth = torch.tensor([2.0, 4.0, 10.0, 30.0, 31.0, 60.0]).expand(1, 1, 4, 6).contiguous()
     item = {"images": torch.zeros(1, 3, 4, 6), "depth_dense": depth}
-    usage = ablation.teacher_bin_usage(EmulatedTeacher(strength=0.0, blur_sigma=0.0), [item], 64)
+    usage = zeroshot.teacher_bin_usage(EmulatedTeacher(strength=0.0, blur_sigma=0.0), [item], 64)
     std = (math.log(31.0) - math.log(30.0)) / 2 * math.sqrt(8 / 24)
     assert usage["affine"] == pytest.approx({"far_bins": 2, "far_share": 0.5, "log_depth_std": std}, rel=1e-4)
     assert usage["rank"] == pytest.approx({"far_bins": 3, "far_share": 0.5, "log_depth_std": 0.0}, abs=1e-6)
