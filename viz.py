@@ -65,10 +65,13 @@ def dilate_sparse(depth, radius=1):
 
 
 def to_uint8(image):
-    """Image (3, H, W) or (H, W, 3) float in [0, 1] -> (H, W, 3) uint8."""
+    """Image (3, H, W) or (H, W, 3), float in [0, 1] or already uint8 (nuScenes samples are) ->
+    (H, W, 3) uint8."""
     image = np.asarray(image)
     if image.shape[0] == 3 and image.shape[-1] != 3:
         image = image.transpose(1, 2, 0)
+    if image.dtype == np.uint8:
+        return np.ascontiguousarray(image)
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 

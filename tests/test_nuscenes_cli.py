@@ -4,6 +4,7 @@ cache and with a live teacher loaded from a local Depth Anything V2 folder) and 
 import os
 
 import pytest
+import torch
 
 import cache
 import evaluate
@@ -49,3 +50,17 @@ def test_cache_size_at_352x640(dataroot, tiny_folder, tmp_path):
                          str(dataroot), "--version", "v1.0-mini", "--teacher", str(tiny_folder)])
     sizes = [os.path.getsize(cache.cache_file(folder, i)) for i in range(2)]
     assert all(0 < size <= CACHE_BUDGET for size in sizes), sizes
+
+
+def test_uint8_sample_images_are_drawn_as_they_are(dataroot):
+    """nuScenes samples hold uint8 images; the pictures (infer.py --sample, viz) must not treat them as
+    floats in [0, 1] (every pixel above 1 would turn white)."""
+    import numpy as np
+
+    import viz
+    from nusc import NuScenesSurround
+    image = NuScenesSurround(str(dataroot), "v1.0-mini", "mini_val", (64, 96))[0]["images"][0]  # (3, H, W)
+    assert image.dtype == torch.uint8 and image.max() > 1
+    drawn = viz.to_uint8(image.numpy())
+    assert drawn.dtype == np.uint8 and np.array_equal(drawn, image.permute(1, 2, 0).numpy())
+    assert np.array_equal(viz.to_uint8((image.float() / 255).numpy()), drawn)  # float in [0, 1]: the same
