@@ -195,6 +195,8 @@ def finished(name, seed, args):
     path = os.path.join(folder, "test.json")
     if not os.path.exists(path):
         return None
+    if not os.path.exists(os.path.join(folder, "args.json")):
+        raise InputError(f"{folder}: test.json without the args.json of its run ; delete the folder to re-train it")
     with open(os.path.join(folder, "args.json")) as f:
         check_args(json.load(f), name, args.steps, seed, folder, args.amp)
     with open(path) as f:

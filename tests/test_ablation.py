@@ -90,3 +90,26 @@ def test_world_keys_are_exactly_the_worlds_a_run_reads(tmp_path):
     assert {i for split, s, i in keys if split == "train"} == read and len(read) == steps * 2
     assert {(split, s) for split, s, _ in keys} == {("train", seed), ("test", 0)}
     assert len([k for k in keys if k[0] == "test"]) == synthetic.SPLIT_LENGTHS["test"]
+
+
+def test_no_train_tabulates_only_runs_whose_flags_match(tmp_path):
+    import argparse
+    import json
+    import os
+    args = argparse.Namespace(out=str(tmp_path), steps=300, amp="off")
+    folder = ablation.run_folder("+CKD", 1, str(tmp_path))
+    os.makedirs(folder)
+    with open(os.path.join(folder, "test.json"), "w") as f:
+        json.dump(fake(0.1), f)
+    with pytest.raises(InputError, match="without the args.json"):
+        ablation.finished("+CKD", 1, args)
+    saved = ablation.expected_args("+CKD", 300, 1)
+    with open(os.path.join(folder, "args.json"), "w") as f:
+        json.dump(dict(saved, device="cuda"), f)  # where it trained does not matter
+    assert ablation.finished("+CKD", 1, args) == fake(0.1)
+    assert ablation.run_device("+CKD", 1, str(tmp_path)) == "cuda"
+    with open(os.path.join(folder, "args.json"), "w") as f:
+        json.dump(dict(saved, lambda_vr=1.0), f)  # another setting's flags
+    with pytest.raises(InputError, match="lambda-vr"):
+        ablation.finished("+CKD", 1, args)
+    assert ablation.finished("+VRKD", 1, args) is None  # not run
