@@ -151,10 +151,16 @@ def render_world(key, image_size, root):
     SyntheticSurround(split, image_size=image_size, seed=seed, cache_dir=root)[index]
 
 
-def start_job(threads):
-    """A worker process of --jobs: its share of the CPU threads, fp32 without TF32, no inner bars."""
+def exact_fp32(amp):
+    """With --amp off, fp32 means fp32 on CUDA too (cuDNN would use TF32 for convolutions)."""
+    if amp == "off":
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def start_job(threads, amp):
+    """A worker process of --jobs: its share of the CPU threads, the run's precision, no inner bars."""
     torch.set_num_threads(threads)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    exact_fp32(amp)
     os.environ["TQDM_DISABLE"] = "1"
 
 
@@ -173,12 +179,12 @@ def run_in_pool(pairs, args):
         keys = [k for k in world_keys(args) if not os.path.exists(render_cache_path(args.render_cache, *k[:2],
                                                                                      size, k[2]))]
         with ProcessPoolExecutor(os.cpu_count(), mp_context=mp.get_context("spawn"), initializer=start_job,
-                                 initargs=(1,)) as pool:
+                                 initargs=(1, args.amp)) as pool:
             render = functools.partial(render_world, image_size=size, root=args.render_cache)
             for _ in tqdm(pool.map(render, keys, chunksize=4), total=len(keys), desc="render worlds"):
                 pass
     with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn"), initializer=start_job,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, args.amp)) as pool:
         done = pool.map(functools.partial(run_pair, args=args), pairs)
         return dict(zip(pairs, tqdm(done, total=len(pairs), desc=f"runs ({args.jobs} at a time)")))
 
@@ -343,8 +349,7 @@ def ablation(argv=None):
                         "and the dense ground truth, seen from above")
     args = p.parse_args(argv)
     args.render_cache = None if args.render_cache == "none" else args.render_cache
-    if args.amp == "off":  # fp32 means fp32 on CUDA too (cuDNN would use TF32 for convolutions)
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    exact_fp32(args.amp)
     start = time.time()
     runs = {(name, s): None for s in args.seeds for name in args.settings}  # seed-major: early rows first
     if args.train and args.jobs > 1:

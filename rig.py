@@ -137,11 +137,10 @@ def back_project(depth, intrinsics, cam_to_ego):
     (N, 4, 4) (camera x right, y down, z forward). Returns (N, H, W, 3) ego points, meters.
     """
     depth = np.asarray(depth, dtype=np.float64)
-    _, h, w = depth.shape
+    n, h, w = depth.shape
     v, u = np.mgrid[0:h, 0:w]
-    centers = np.stack([u + 0.5, v + 0.5, np.ones((h, w))], axis=-1)  # (H, W, 3)
-    rays = np.einsum("nij,hwj->nhwi", np.linalg.inv(intrinsics), centers)  # (N, H, W, 3), z = 1
-    points = rays * depth[..., None]  # (N, H, W, 3) camera frame
+    points = np.stack([unproject_pixels(np.stack([u.ravel() + 0.5, v.ravel() + 0.5, d.ravel()], axis=1), k)
+                       for d, k in zip(depth, intrinsics)]).reshape(n, h, w, 3)  # camera frame, pixel centers
     pose = np.asarray(cam_to_ego, dtype=np.float64)
     return np.einsum("nij,nhwj->nhwi", pose[:, :3, :3], points) + pose[:, None, None, :3, 3]
 
