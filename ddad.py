@@ -269,13 +269,8 @@ class DDADSurround(torch.utils.data.Dataset):
         for path, k, uvz in zip(self.samples[index]["image_files"], self.samples[index]["intrinsics"],
                                 self.points(index)):
             height, width = _native_size(path)
-            depths.append(render_sparse_depth(self._camera_points(uvz, k), k, height, width, min_z=0.0))
+            depths.append(render_sparse_depth(unproject_pixels(uvz, k), k, height, width, min_z=0.0))
         return depths
-
-    @staticmethod
-    def _camera_points(uvz, intrinsics):
-        """Cached (P, 3) (u, v, z) -> (P, 3) camera-frame points, X = z K^-1 (u, v, 1)."""
-        return unproject_pixels(uvz, intrinsics)  # (P, 3)
 
     def _load_image(self, path):
         """(3, H, W) float32 in [0, 1] of a camera image resized to image_size, and its native (H, W)."""
@@ -299,7 +294,7 @@ class DDADSurround(torch.utils.data.Dataset):
             images.append(image)
             k_native = record["intrinsics"][n]
             k = scale_intrinsics(k_native, width / native[1], height / native[0])  # (3, 3)
-            depths.append(render_sparse_depth(self._camera_points(uvz, k_native), k, height, width, self.min_z))
+            depths.append(render_sparse_depth(unproject_pixels(uvz, k_native), k, height, width, self.min_z))
             intrinsics.append(k)
         item = {
             "images": torch.stack(images),  # (N, 3, H, W)
