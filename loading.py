@@ -126,12 +126,17 @@ def time_nuscenes(dataroot, version, split, image_size, repeats):
     return float(np.median(rates[next(iter(loaders))]))
 
 
+def fixture_module(name):
+    """The module `name` of tests/ (the fixtures that write nuScenes- and DDAD-format dataroots)."""
+    import importlib
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
+    return importlib.import_module(name)
+
+
 def photo_like_ddad(root):
     """The DDAD test fixture (`tests/ddad_fixture.py`) at DDAD's native 1936 x 1216, its flat images
     rewritten as photo-like ones in their own format (.png or .jpg) -> the dataroot `root`."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
-    import ddad_fixture
-
+    ddad_fixture = fixture_module("ddad_fixture")
     ddad_fixture.build_dataroot(root, native=ddad_fixture.FULL_SIZE)
     rng = np.random.default_rng(0)
     for folder, _, files in os.walk(root):
@@ -178,9 +183,7 @@ def data_benchmark(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             dataroot = args.dataroot
             if dataroot is None:
-                sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
-                import nuscenes_fixture
-
+                nuscenes_fixture = fixture_module("nuscenes_fixture")
                 dataroot = tmp
                 nuscenes_fixture.build_dataroot(tmp, image_maker=lambda n, rng: Image.fromarray(
                     photo_like(rng, nuscenes_fixture.IMAGE_HEIGHT, nuscenes_fixture.IMAGE_WIDTH)),
