@@ -5,16 +5,18 @@ the existing-KD baselines of Eqs. (21)-(22), beside the teacher's own error (zer
     python benchmark.py ablation --device cuda --jobs 8   # the same on a GPU box, 8 runs at a time
     python benchmark.py ablation --steps 1200 --seeds 0 1 2 --out outputs/ablation_1200
     python benchmark.py ablation --no-train               # tabulate the runs finished so far
+    python benchmark.py ablation --split val --seeds 100 101 --settings ...   # a study on the validation split
 
 Each row trains the same student for the same steps with one setting of the training flags
 (DEFAULT_SETTINGS: the supervised baseline, response KD, feature KD, +CKD, +VRKD, CKD + VRKD;
 EXTRA_SETTINGS on request), evaluates it on the synthetic test split against sparse and dense
-ground truth, and the table reports, per row, mean +- sample std (ddof = 1) over seeds of
+ground truth (`--split val`: the validation split, for choices; its runs write val.json and
+never test.json), and the table reports, per row, mean +- sample std (ddof = 1) over seeds of
 AbsRel, RMSE, delta1, Eq. (19) and Eq. (20); then the paired difference of each row to the
 baseline (and of CKD + VRKD to response KD) with a 95 % t-interval over the seeds. The teacher
 row is its affine-aligned zero-shot error (`teacher_error`), not a metric prediction. A finished
 run is reused only if every training flag it saved equals the row's (RUN_LOCAL flags aside), so
-an interrupted ablation resumes; a run whose test.json predates Eq. (20) is re-evaluated from
+an interrupted ablation resumes; a run whose result file predates Eq. (20) is re-evaluated from
 its checkpoint. `--figure` (on by default) writes bev.png: the bird's-eye view of one test
 sample, the first seed's baseline beside its CKD + VRKD and the dense ground truth. The worlds
 a seed's runs read are rendered once into `--render-cache` (the rows of a seed share them);
@@ -49,12 +51,18 @@ DEFAULT_SETTINGS = {"baseline": SUPERVISED, "response KD": SUPERVISED + ["--lamb
 TERMS = {name: DEFAULT_SETTINGS[name] for name in ("baseline", "+CKD", "+VRKD", "CKD + VRKD")}
 EXTRA_SETTINGS = {**{f"{name}, convex upsampling": flags + ["--upsample", "convex"] for name, flags in TERMS.items()},
                   # the first student design, decoding to stride 2 (see `speed`): is the faster default as accurate?
-                  "baseline, stride-2 decoder": SUPERVISED + ["--decoder-channels", "256", "128", "64", "32"]}
+                  "baseline, stride-2 decoder": SUPERVISED + ["--decoder-channels", "256", "128", "64", "32"],
+                  # Eq. (23) study: the method plus response KD everywhere (Eq. 21) or off the LiDAR pixels (r = 0, 1)
+                  "CKD + VRKD + RKD": ["--lambda-rkd", "1"],
+                  "CKD + VRKD + off-LiDAR RKD": ["--lambda-rkd", "1", "--rkd-off-lidar", "0"],
+                  "CKD + VRKD + off-LiDAR RKD r1": ["--lambda-rkd", "1", "--rkd-off-lidar", "1"]}
 SETTINGS = {**DEFAULT_SETTINGS, **EXTRA_SETTINGS}
 # The seeds, fixed before any run: every one is used. Demo budget (300 steps): 0-4; the longer
-# budgets (2x on the CPU, 4x on a GPU): 0-2.
+# budgets (2x on the CPU, 4x on a GPU): 0-2. Studies on the validation split (choices of the method) use
+# their own seeds, 100 and 101, so no test seed is ever seen by a choice.
 DEMO_SEEDS = (0, 1, 2, 3, 4)
 LONG_SEEDS = (0, 1, 2)
+VAL_SEEDS = (100, 101)
 # Flags that do not change what a run learns: a finished run is reused whatever their values.
 RUN_LOCAL = ("out", "resume", "device", "workers", "val_every", "val_samples", "teacher_cache", "dataroot",
              "render_cache")
@@ -68,21 +76,21 @@ FIGURE_SAMPLE = 0  # index of the synthetic test sample drawn in bev.png
 
 
 def run_folder(name, seed, root):
-    """The folder of one (setting, seed) run: checkpoint.pt, test.json, the training logs."""
+    """The folder of one (setting, seed) run: checkpoint.pt, test.json (or val.json), the training logs."""
     return os.path.join(root, f"{name.replace(' ', '').replace('+', 'plus_').replace(',', '_')}_seed{seed}")
 
 
-_TEST_SETS = {}  # image size -> the rendered synthetic test split, shared by every run
+_SPLITS = {}  # (split, image size) -> the rendered synthetic split, shared by every run
 
 
-def synthetic_test_split(image_size, render_cache=None):
-    """The synthetic test split at `image_size`, rendered once per process (64 samples), or read
-    from the render cache folder `render_cache` (see synthetic.SyntheticSurround)."""
-    key = tuple(image_size)
-    if key not in _TEST_SETS:
-        test = build_dataset("synthetic", "test", image_size=key, cache_dir=render_cache)
-        _TEST_SETS[key] = [test[i] for i in range(len(test))]
-    return _TEST_SETS[key]
+def synthetic_split(split, image_size, render_cache=None):
+    """The synthetic 'test' (64 samples) or 'val' (32) split at `image_size`, rendered once per
+    process, or read from the render cache folder `render_cache` (see synthetic.SyntheticSurround)."""
+    key = (split, tuple(image_size))
+    if key not in _SPLITS:
+        data = build_dataset("synthetic", split, image_size=key[1], cache_dir=render_cache)
+        _SPLITS[key] = [data[i] for i in range(len(data))]
+    return _SPLITS[key]
 
 
 def expected_args(name, steps, seed, amp="off"):
@@ -106,7 +114,7 @@ def run_one(name, seed, args):
     """Train (unless a checkpoint of all its steps is there) and evaluate (unless done, Eq. (20)
     included) one (setting, seed) -> the results dict of evaluate. Its saved args must match."""
     out = run_folder(name, seed, args.out)
-    result_path, ckpt_path = os.path.join(out, "test.json"), os.path.join(out, "checkpoint.pt")
+    result_path, ckpt_path = os.path.join(out, f"{args.split}.json"), os.path.join(out, "checkpoint.pt")
     done = os.path.exists(ckpt_path) and torch.load(ckpt_path, weights_only=False)["step"] >= args.steps
     if not os.path.exists(result_path) and not done:
         flags = SETTINGS[name] + ["--steps", str(args.steps), "--seed", str(seed), "--val-every", str(args.steps),
@@ -127,17 +135,18 @@ def run_one(name, seed, args):
             results = json.load(f)
         if "cross_view" in results:
             return results
-    test = synthetic_test_split(model.cfg.image_size, args.render_cache)
-    results = evaluate.evaluate_model(model, test, torch.device("cpu"), progress=False)
-    with atomic_path(result_path) as tmp, open(tmp, "w") as f:  # test.json marks a finished run
+    scored = synthetic_split(args.split, model.cfg.image_size, args.render_cache)
+    results = evaluate.evaluate_model(model, scored, torch.device("cpu"), progress=False)
+    with atomic_path(result_path) as tmp, open(tmp, "w") as f:  # test.json (val.json) marks a finished run
         json.dump(results, f)
     return results
 
 
 def world_keys(args):
-    """Every synthetic world the runs of `args` read, as (split, seed, index): the test split and,
-    per seed, the training items of StepSampler's first args.steps batches (the same for every row)."""
-    keys = [("test", 0, i) for i in range(SPLIT_LENGTHS["test"])]
+    """Every synthetic world the runs of `args` read, as (split, seed, index): the scored split
+    (args.split) and, per seed, the training items of StepSampler's first args.steps batches (the same
+    for every row)."""
+    keys = [(args.split, 0, i) for i in range(SPLIT_LENGTHS[args.split])]
     batch_size = train.get_args([]).batch_size
     for seed in args.seeds:
         sampler = StepSampler(SPLIT_LENGTHS["train"], batch_size, seed, 0, args.steps)
@@ -195,14 +204,14 @@ def run_pair(pair, args):
 
 
 def finished(name, seed, args):
-    """The test.json results of a finished (setting, seed) run under args.out, or None. Its saved
+    """The test.json (val.json) results of a finished (setting, seed) run under args.out, or None. Its saved
     args.json must match the setting (check_args), as a run that trains here must."""
     folder = run_folder(name, seed, args.out)
-    path = os.path.join(folder, "test.json")
+    path = os.path.join(folder, f"{args.split}.json")
     if not os.path.exists(path):
         return None
     if not os.path.exists(os.path.join(folder, "args.json")):
-        raise InputError(f"{folder}: test.json without the args.json of its run ; delete the folder to re-train it")
+        raise InputError(f"{folder}: {args.split}.json without the args.json of its run ; delete the folder to re-train it")
     with open(os.path.join(folder, "args.json")) as f:
         check_args(json.load(f), name, args.steps, seed, folder, args.amp)
     with open(path) as f:
@@ -313,7 +322,8 @@ def ablation_table(runs, settings, seeds, teacher=None):
         lines.append("| teacher aligned on each view's LiDAR points (the target of Eq. 21) | - | " + " | ".join(cells)
                      + " | - | - | - |")
     pairs = [(n, "baseline") for n in settings if n != "baseline"]
-    pairs += [("CKD + VRKD", "response KD")] if {"CKD + VRKD", "response KD"} <= set(settings) else []
+    pairs += [(n, "response KD") for n in settings if n.startswith("CKD + VRKD") and "response KD" in settings]
+    pairs += [(n, "CKD + VRKD") for n in settings if n.startswith("CKD + VRKD +") and "CKD + VRKD" in settings]
     header = ["difference", "seeds"] + [f"{k} {m}" for k, m, _ in PAIRED]
     lines += ["", "Paired differences over seeds: mean [95 % t-interval] (% of the reference). "
               "Negative AbsRel / RMSE and positive delta1 favour the first row.", "",
@@ -332,6 +342,9 @@ def ablation(argv=None):
     p.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(SETTINGS),
                    help="rows to run, in this order within each seed")
     p.add_argument("--out", default="outputs/ablation", help="folder of the runs, table.md and bev.png")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="synthetic split that scores the runs (val: for choices of the method, seeds "
+                        f"{list(VAL_SEEDS)})")
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
                    help="train and evaluate the missing runs (--no-train: tabulate the finished ones only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -358,19 +371,19 @@ def ablation(argv=None):
         runs[name, s] = runs[name, s] or (run_one(name, s, args) if args.train else finished(name, s, args))
     teacher_name = train.get_args([]).teacher
     teacher = teacher_error(build_teacher(teacher_name),
-                            synthetic_test_split(train.get_args([]).image_size, args.render_cache))
+                            synthetic_split(args.split, train.get_args([]).image_size, args.render_cache))
     minutes = [m for m in (train_minutes(n, s, args.out) for n, s in runs if runs[n, s]) if m is not None]
     devices = sorted({run_device(n, s, args.out) for n, s in runs if runs[n, s]})
     lines = ablation_table(runs, args.settings, args.seeds, teacher)
     table = "\n".join(lines) + (
         f"\n\n{args.steps} steps, seeds {args.seeds} (finished runs per row in the 'seeds' column), synthetic "
-        f"test split (64 samples), teacher {teacher_name}, trained on {' and '.join(devices) or '-'} with autocast "
-        f"{args.amp}. Training time of the {len(minutes)} finished runs: "
+        f"{args.split} split ({SPLIT_LENGTHS[args.split]} samples), teacher {teacher_name}, trained on "
+        f"{' and '.join(devices) or '-'} with autocast {args.amp}. Training time of the {len(minutes)} finished runs: "
         f"{sum(minutes):.0f} min ({np.mean(minutes) if minutes else 0:.1f} min per run); this table took "
         f"{(time.time() - start) / 60:.0f} min.\n")
     write_text(os.path.join(args.out, "table.md"), table)
     print(table)
     names = [n for n in FIGURE_SETTINGS if n in args.settings and runs.get((n, args.seeds[0]))
              and os.path.exists(os.path.join(run_folder(n, args.seeds[0], args.out), "checkpoint.pt"))]
-    if args.figure and len(names) == len(FIGURE_SETTINGS):
+    if args.figure and args.split == "test" and len(names) == len(FIGURE_SETTINGS):
         save_png(bev_comparison(names, args.seeds[0], args.out), os.path.join(args.out, "bev.png"))

@@ -14,6 +14,7 @@ section (the project's own formulation of the paper's abstract):
 - `view_relational_kd`    Eqs. (12)-(14) VRKD from feature maps
 - `aligned_teacher_depth`, `response_kd`  Eq. (21) response KD on the metric-aligned teacher
 - `feature_kd`            Eq. (22)  feature KD (FitNets) through a 1x1 adapter
+- `lidar_neighbourhood`, `response_kd(..., lidar_radius=r)`  Eq. (23) response KD off the LiDAR pixels
 - `valid_mask`            the validity mask M, d_min < D* < d_max (losses and every metric)
 - `LossConfig`, `objective` Eq. (17) the whole training objective, in fp32 even under autocast
 
@@ -242,17 +243,35 @@ def aligned_teacher_depth(farness, target, mask, min_depth, max_depth):
     return depth, fitted[..., None, None, None]
 
 
-def response_kd(pred, farness, target, mask, min_depth, max_depth, omega=None):
-    """Response KD with an aligned teacher, Eq. (21): L_rkd = SILog(D_hat, D_T; Omega).
+def lidar_neighbourhood(mask, radius):
+    """N_r(M) of Eq. (23): every pixel within `radius` pixels of a LiDAR pixel, in the max norm.
+
+    mask: bool (..., H, W), the LiDAR mask M. radius: int >= 0; 0 gives M itself, r > 0 dilates M
+    by a (2r + 1) x (2r + 1) square. Returns bool, the shape of mask.
+    """
+    if radius == 0:
+        return mask
+    m = mask.reshape(-1, 1, *mask.shape[-2:]).float()  # (M, 1, H, W)
+    return (F.max_pool2d(m, 2 * radius + 1, stride=1, padding=radius) > 0).reshape(mask.shape)
+
+
+def response_kd(pred, farness, target, mask, min_depth, max_depth, omega=None, lidar_radius=None):
+    """Response KD with an aligned teacher, Eq. (21): L_rkd = SILog(D_hat, D_T; Omega), or off the
+    LiDAR pixels, Eq. (23): L_off = SILog(D_hat, D_T; Omega minus N_r(M)).
 
     pred: (B, N, 1, H, W) student depth D_hat in meters. farness, target, mask, min_depth,
     max_depth: as `aligned_teacher_depth`, which makes the pseudo-depth D_T. Dense: every pixel
     Omega of every view whose alignment exists, not only LiDAR pixels (omega: optional bool
     (B, N, 1, H, W), False on pixels that never count, e.g. DDAD's ego car). The existing-KD
-    baseline: the student copies the metric-aligned teacher, errors included. Returns a scalar.
+    baseline: the student copies the metric-aligned teacher, errors included.
+    lidar_radius: None for Eq. (21); an int r >= 0 for Eq. (23): the LiDAR pixels and every pixel
+    within r of one (`lidar_neighbourhood`) are left to L_si, so the teacher speaks only where the
+    ground truth is silent. The alignment of D_T still uses the LiDAR pixels. Returns a scalar.
     """
     depth, fitted = aligned_teacher_depth(farness, target, mask, min_depth, max_depth)
     pixels = fitted.expand_as(pred) if omega is None else fitted.expand_as(pred) & omega
+    if lidar_radius is not None:
+        pixels = pixels & ~lidar_neighbourhood(mask, lidar_radius)  # Eq. (23)
     return silog(pred, depth, pixels)
 
 
@@ -297,6 +316,7 @@ class LossConfig:
     vr_student: str = "features"  # student tokens of Eq. (12): "features" or "probs" (P^S)
     teacher_norm: str = "affine"  # normalisation of Eq. (6) behind P^T of Eq. (7): FARNESS_MODES
     lambda_rkd: float = 0.0  # weight of response KD, Eq. (21); 0: off (an existing-KD baseline)
+    rkd_lidar_radius: int = None  # None: response KD on every pixel, Eq. (21); r >= 0: off N_r(M), Eq. (23)
     lambda_fkd: float = 0.0  # weight of feature KD, Eq. (22); 0: off (an existing-KD baseline)
 
 
@@ -304,7 +324,8 @@ def objective(out, target, cfg, farness=None, teacher_tokens=None, omega=None, t
               adapter=None):
     """The training objective, Eq. (17):
     L = L_si + beta L_bins + lambda_ckd (L_kd + lambda_x L_cross) + lambda_vr L_VRKD,
-    plus the existing-KD baselines lambda_rkd L_rkd (Eq. 21) + lambda_fkd L_fkd (Eq. 22), off by default.
+    plus the existing-KD baselines lambda_rkd L_rkd (Eq. 21) + lambda_fkd L_fkd (Eq. 22), off by default
+    (with cfg.rkd_lidar_radius set, L_rkd is Eq. (23)'s L_off).
 
     out: the student's outputs, {'depth' (B, N, 1, H, W) m, 'logits' (B, N, K, h, w),
         'centers' (B, N, K) m, 'features' (B, N, C, h', w')}.
@@ -357,7 +378,7 @@ def objective(out, target, cfg, farness=None, teacher_tokens=None, omega=None, t
             loss = loss + cfg.lambda_vr * terms["vr"]
         if cfg.lambda_rkd > 0:
             terms["rkd"] = response_kd(out["depth"], farness, target, mask, cfg.min_depth, cfg.max_depth,
-                                       omega)  # Eq. (21)
+                                       omega, cfg.rkd_lidar_radius)  # Eq. (21), or Eq. (23) off the LiDAR
             loss = loss + cfg.lambda_rkd * terms["rkd"]
         if cfg.lambda_fkd > 0:
             terms["fkd"] = feature_kd(out["features"], teacher_features, adapter)  # Eq. (22)

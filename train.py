@@ -101,6 +101,9 @@ def get_args(argv=None):
     p.add_argument("--lambda-vr", type=float, default=1.0, help="weight of L_VRKD (Eq. 17); 0 turns VRKD off")
     p.add_argument("--lambda-rkd", type=float, default=0.0,
                    help="weight of response KD on the metric-aligned teacher (Eq. 21), a baseline; 0: off")
+    p.add_argument("--rkd-off-lidar", type=int, default=None, metavar="R",
+                   help="response KD only off the LiDAR pixels and their R-pixel neighbourhood (Eq. 23); "
+                        "default: on every pixel (Eq. 21)")
     p.add_argument("--lambda-fkd", type=float, default=0.0,
                    help="weight of feature KD, FitNets (Eq. 22), a baseline; 0: off (needs the live teacher)")
     p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
@@ -140,6 +143,8 @@ def get_args(argv=None):
     if args.teacher == "auto":
         args.teacher = default_teacher(args.data)
     args.image_size, args.vr_grid = list(args.image_size), list(args.vr_grid)
+    if args.rkd_off_lidar is not None and (args.rkd_off_lidar < 0 or args.lambda_rkd <= 0):
+        p.error("--rkd-off-lidar needs a radius >= 0 and --lambda-rkd > 0")
     if args.lambda_fkd > 0 and args.teacher_cache not in ("auto", "none"):
         p.error("--lambda-fkd needs the teacher's feature grid, which the teacher cache lacks; drop --teacher-cache")
     try:  # StudentConfig checks the decoder flags; report its message as a usage error
@@ -176,7 +181,8 @@ def loss_config(args):
                              lambda_ckd=args.lambda_ckd, lambda_cross=args.lambda_cross, tau=args.tau,
                              sigma=args.sigma, lambda_vr=args.lambda_vr, vr_strip=args.vr_strip,
                              vr_grid=tuple(args.vr_grid), vr_tau=args.vr_tau, vr_student=args.vr_student,
-                             teacher_norm=args.teacher_norm, lambda_rkd=args.lambda_rkd, lambda_fkd=args.lambda_fkd)
+                             teacher_norm=args.teacher_norm, lambda_rkd=args.lambda_rkd, lambda_fkd=args.lambda_fkd,
+                             rkd_lidar_radius=args.rkd_off_lidar)
 
 
 def distribute(model, device, world):

@@ -86,17 +86,21 @@ def test_world_keys_are_exactly_the_worlds_a_run_reads(tmp_path):
                 "--render-cache", str(tmp_path / "worlds"), "--out", str(tmp_path / "run")])
     folder = os.path.dirname(synthetic.render_cache_path(str(tmp_path / "worlds"), "train", seed, (32, 64), 0))
     read = {int(name.split(".")[0]) for name in os.listdir(folder)}
-    keys = ablation.world_keys(argparse.Namespace(seeds=[seed], steps=steps))
+    keys = ablation.world_keys(argparse.Namespace(seeds=[seed], steps=steps, split="test"))
     assert {i for split, s, i in keys if split == "train"} == read and len(read) == steps * 2
     assert {(split, s) for split, s, _ in keys} == {("train", seed), ("test", 0)}
     assert len([k for k in keys if k[0] == "test"]) == synthetic.SPLIT_LENGTHS["test"]
+    # A study on the validation split reads the val worlds instead, never a test world.
+    keys = ablation.world_keys(argparse.Namespace(seeds=[seed], steps=steps, split="val"))
+    assert {(split, s) for split, s, _ in keys} == {("train", seed), ("val", 0)}
+    assert len([k for k in keys if k[0] == "val"]) == synthetic.SPLIT_LENGTHS["val"]
 
 
 def test_no_train_tabulates_only_runs_whose_flags_match(tmp_path):
     import argparse
     import json
     import os
-    args = argparse.Namespace(out=str(tmp_path), steps=300, amp="off")
+    args = argparse.Namespace(out=str(tmp_path), steps=300, amp="off", split="test")
     folder = ablation.run_folder("+CKD", 1, str(tmp_path))
     os.makedirs(folder)
     with open(os.path.join(folder, "test.json"), "w") as f:
@@ -113,3 +117,30 @@ def test_no_train_tabulates_only_runs_whose_flags_match(tmp_path):
     with pytest.raises(InputError, match="lambda-vr"):
         ablation.finished("+CKD", 1, args)
     assert ablation.finished("+VRKD", 1, args) is None  # not run
+
+
+def test_a_val_study_never_reads_a_test_result(tmp_path):
+    import argparse
+    import json
+    import os
+    folder = ablation.run_folder("+CKD", 1, str(tmp_path))
+    os.makedirs(folder)
+    with open(os.path.join(folder, "args.json"), "w") as f:
+        json.dump(ablation.expected_args("+CKD", 300, 1), f)
+    with open(os.path.join(folder, "test.json"), "w") as f:
+        json.dump(fake(0.1), f)
+    val = argparse.Namespace(out=str(tmp_path), steps=300, amp="off", split="val")
+    assert ablation.finished("+CKD", 1, val) is None
+    with open(os.path.join(folder, "val.json"), "w") as f:
+        json.dump(fake(0.2), f)
+    assert ablation.finished("+CKD", 1, val) == fake(0.2)
+    assert ablation.finished("+CKD", 1, argparse.Namespace(**dict(vars(val), split="test"))) == fake(0.1)
+
+
+def test_the_method_plus_rkd_rows_are_paired_with_the_method_and_response_kd():
+    names = ["baseline", "response KD", "CKD + VRKD", "CKD + VRKD + off-LiDAR RKD"]
+    runs = {(n, s): fake(0.1 + 0.01 * i + 0.001 * s) for i, n in enumerate(names) for s in (0, 1)}
+    text = "\n".join(ablation.ablation_table(runs, names, [0, 1]))
+    for ref in ("baseline", "response KD", "CKD + VRKD"):
+        assert f"| CKD + VRKD + off-LiDAR RKD − {ref} | 2 |" in text
+    assert "| CKD + VRKD − CKD + VRKD" not in text

@@ -160,3 +160,66 @@ def test_train_runs_both_baselines_and_keeps_the_adapter_out_of_the_model(tmp_pa
     assert load_checkpoint(str(tmp_path / "checkpoint.pt"))[1]["step"] == 3
     with pytest.raises(SystemExit):
         train.get_args(["--lambda-fkd", "1", "--teacher-cache", str(tmp_path)])
+
+
+def test_lidar_neighbourhood_by_hand():
+    mask = torch.zeros(1, 1, 1, 5, 7, dtype=torch.bool)
+    mask[..., 2, 3] = True
+    assert torch.equal(losses.lidar_neighbourhood(mask, 0), mask)
+    ring = losses.lidar_neighbourhood(mask, 1)[0, 0, 0]
+    assert int(ring.sum()) == 9 and bool(ring[1:4, 2:5].all())  # the 3 x 3 square around (2, 3)
+    assert int(losses.lidar_neighbourhood(mask, 2).sum()) == 25  # 5 x 5, inside the 5 x 7 image
+
+
+def test_off_lidar_response_kd_leaves_the_lidar_pixels_to_the_ground_truth():
+    # Eq. (23) on the view of the exact-fit test: LiDAR at pixels 0-2, the teacher's D_T = (4/3, 2, 4, 1.6).
+    s, target = view([0.0, 0.5, 1.0, 0.25]), view([4 / 3, 2.0, 4.0, 0.0])
+    teacher = view([4 / 3, 2.0, 4.0, 1.6])
+    mask = target > 0
+    # The student 3x off on the LiDAR pixels, 2x the teacher on the one pixel without LiDAR:
+    # Eq. (23) with r = 0 sees pixel 3 only, g = log 2 -> 10 sqrt(0.15) log 2; Eq. (21) sees all four.
+    pred = teacher * view([3.0, 3.0, 3.0, 2.0])
+    loss = losses.response_kd(pred, s, target, mask, 0.1, 80.0, lidar_radius=0)
+    assert float(loss) == pytest.approx(10.0 * math.sqrt(0.15) * math.log(2.0), rel=1e-5)
+    g = torch.log(torch.tensor([3.0, 3.0, 3.0, 2.0]))
+    everywhere = 10.0 * math.sqrt(float(g.pow(2).mean() - 0.85 * g.mean().pow(2)))
+    assert float(losses.response_kd(pred, s, target, mask, 0.1, 80.0)) == pytest.approx(everywhere, rel=1e-5)
+    # r = 1 also drops pixel 3 (next to LiDAR pixel 2): nothing is left, the loss is a zero.
+    assert float(losses.response_kd(pred, s, target, mask, 0.1, 80.0, lidar_radius=1)) == 0.0
+
+
+def test_off_lidar_gradient_reaches_exactly_the_pixels_off_the_neighbourhood():
+    gen = torch.Generator().manual_seed(3)
+    h, w = 9, 11
+    target = torch.zeros(1, 1, 1, h, w)
+    target[..., 4, 1:10:2] = 5.0 + 10.0 * torch.rand(5, generator=gen)  # one LiDAR row, every 2nd column
+    s = torch.rand(1, 1, 1, h, w, generator=gen)
+    pred = (1.0 + 20.0 * torch.rand(1, 1, 1, h, w, generator=gen)).requires_grad_()
+    losses.response_kd(pred, s, target, target > 0, 0.1, 80.0, lidar_radius=1).backward()
+    reached = pred.grad[0, 0, 0] != 0
+    assert not reached[3:6].any()  # rows 3-5: the LiDAR row and its 1-pixel neighbourhood
+    assert reached[:3].all() and reached[6:].all()
+
+
+def test_objective_passes_the_radius_of_eq_23():
+    gen = torch.Generator().manual_seed(2)
+    target = torch.where(torch.rand(1, 6, 1, 8, 12, generator=gen) < 0.2,
+                         1.0 + 20.0 * torch.rand(1, 6, 1, 8, 12, generator=gen), torch.zeros(1, 6, 1, 8, 12))
+    out = {"depth": 1.0 + 20.0 * torch.rand(1, 6, 1, 8, 12, generator=gen), "logits": torch.randn(1, 6, 4, 8, 12),
+           "centers": torch.linspace(1, 20, 4).expand(1, 6, 4), "features": torch.randn(1, 6, 3, 4, 6)}
+    farness = torch.rand(1, 6, 1, 8, 12, generator=gen)
+    cfg = losses.LossConfig(pairs=(), min_depth=0.1, max_depth=80.0, lambda_ckd=0.0, lambda_vr=0.0,
+                            lambda_rkd=1.0, rkd_lidar_radius=1)
+    _, terms = losses.objective(out, target, cfg, farness)
+    off = losses.response_kd(out["depth"], farness, target, target > 0, 0.1, 80.0, lidar_radius=1)
+    torch.testing.assert_close(terms["rkd"], off)
+    assert float((off - losses.response_kd(out["depth"], farness, target, target > 0, 0.1, 80.0)).abs()) > 1e-3
+
+
+def test_train_refuses_a_radius_without_response_kd(capsys):
+    import train
+    for flags in (["--rkd-off-lidar", "0"], ["--lambda-rkd", "1", "--rkd-off-lidar", "-1"]):
+        with pytest.raises(SystemExit):
+            train.get_args(flags)
+        assert "--rkd-off-lidar needs" in capsys.readouterr().err
+    assert train.loss_config(train.get_args(["--lambda-rkd", "1", "--rkd-off-lidar", "2"])).rkd_lidar_radius == 2
