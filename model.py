@@ -1,7 +1,7 @@
 """The student: a light per-view depth network with adaptive bins and hybrid regression.
 
 Implements Eqs. (1)-(5) of the README's method section:
-- (1) F_n = Dec(Enc(I_n)): ResNet-18/34 encoder, U-Net decoder, per-pixel features;
+- (1) F_n = Dec(Enc(I_n)): ResNet-18/34 or RegNetX-400MF encoder, U-Net decoder, per-pixel features;
 - (2) bin widths w = softmax(MLP(GAP(bottleneck))), per view or shared by the surround sample;
 - (3) metric bin edges and centers in [d_min, d_max];
 - (4) per-pixel bin probabilities P^S = softmax(z), z = 1x1 conv of F (written as
@@ -24,11 +24,16 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from cli import InputError, atomic_path
 
-# ImageNet statistics that torchvision's ResNet weights were trained with.
+# ImageNet statistics that torchvision's ResNet and RegNet weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Channels of the ResNet stages used as skips: stem (stride 2), layer1..layer4 (strides 4-32).
-ENCODER_CHANNELS = {"resnet18": (64, 64, 128, 256, 512), "resnet34": (64, 64, 128, 256, 512)}
+# Channels of the encoder stages used as skips, strides 2, 4, 8, 16, 32: the ResNets' stem and
+# layer1..layer4; RegNetX-400MF's stem and trunk blocks 1-4 (torchvision), the light encoder
+# (3.3x less encoder time than ResNet-18 at 352 x 640 on one CPU thread; README, "Speed").
+ENCODER_CHANNELS = {"resnet18": (64, 64, 128, 256, 512), "resnet34": (64, 64, 128, 256, 512),
+                    "regnet_x_400mf": (32, 32, 64, 160, 400)}
+ENCODER_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
+                   "regnet_x_400mf": "RegNet_X_400MF_Weights"}  # torchvision's ImageNet weight enums
 # The encoder downsamples by 32, so the input height and width must be multiples of it.
 ENCODER_STRIDE = 32
 
@@ -37,7 +42,7 @@ ENCODER_STRIDE = 32
 class StudentConfig:
     """Hyperparameters of the student; a checkpoint stores them, so the model rebuilds from it."""
 
-    encoder: str = "resnet18"  # "resnet18" or "resnet34" (torchvision)
+    encoder: str = "resnet18"  # a key of ENCODER_CHANNELS (torchvision): resnet18, resnet34, regnet_x_400mf
     num_bins: int = 64  # K, the number of adaptive depth bins (Eqs. 2-5)
     min_depth: float = 0.1  # d_min in meters (Eq. 3)
     max_depth: float = 80.0  # d_max in meters (Eq. 3)
@@ -112,9 +117,8 @@ def convex_upsample(depth, weight_logits):
 
 
 def build_encoder(name, pretrained):
-    """A torchvision ResNet without its classifier; ImageNet weights if `pretrained`."""
-    weights = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights"}[name]
-    weights = getattr(torchvision.models, weights).IMAGENET1K_V1 if pretrained else None
+    """A torchvision ResNet or RegNet without its classifier; ImageNet weights if `pretrained`."""
+    weights = getattr(torchvision.models, ENCODER_WEIGHTS[name]).IMAGENET1K_V1 if pretrained else None
     try:
         net = getattr(torchvision.models, name)(weights=weights)
     except (OSError, RuntimeError) as err:  # urllib's URLError is an OSError
@@ -127,7 +131,7 @@ def build_encoder(name, pretrained):
 
 
 class Student(nn.Module):
-    """Per-view ResNet U-Net with adaptive bins and hybrid regression, Eqs. (1)-(5)."""
+    """Per-view ResNet (or RegNet) U-Net with adaptive bins and hybrid regression, Eqs. (1)-(5)."""
 
     def __init__(self, cfg: StudentConfig, pretrained=False):
         super().__init__()
@@ -166,8 +170,14 @@ class Student(nn.Module):
                                      nn.Linear(cfg.bin_hidden, cfg.num_bins))
 
     def encode(self, x):
-        """ResNet stages of x (M, 3, H, W) normalised: 5 maps at strides 2, 4, 8, 16, 32."""
+        """Encoder stages of x (M, 3, H, W) normalised: 5 maps at strides 2, 4, 8, 16, 32, with
+        ENCODER_CHANNELS[cfg.encoder] channels."""
         e = self.encoder
+        if self.cfg.encoder.startswith("regnet"):  # stem (stride 2), then the four trunk stages
+            maps = [e.stem(x)]
+            for stage in e.trunk_output:
+                maps.append(stage(maps[-1]))
+            return maps
         s2 = e.relu(e.bn1(e.conv1(x)))
         s4 = e.layer1(e.maxpool(s2))
         s8 = e.layer2(s4)
@@ -184,7 +194,7 @@ class Student(nn.Module):
             raise ValueError(f"image size {h}x{w} must be a multiple of {ENCODER_STRIDE}")
         x = (images.flatten(0, 1) - self.mean) / self.std  # (B*N, 3, H, W)
         skips = self.encode(x)
-        y = skips[-1]  # (B*N, 512, H/32, W/32), the bottleneck
+        y = skips[-1]  # (B*N, C_32, H/32, W/32), the bottleneck (512 channels for a ResNet)
         stages = []
         for reduce, fuse, skip in zip(self.reduce, self.fuse, skips[-2::-1]):
             y = F.interpolate(reduce(y), size=skip.shape[-2:], mode="nearest")
@@ -192,7 +202,7 @@ class Student(nn.Module):
             stages.append(y)
         logits = self.cfg.logit_scale * self.logit_head(y).unflatten(0, (b, n))  # (B, N, K, H/s, W/s)
 
-        pooled = skips[-1].mean(dim=(2, 3)).unflatten(0, (b, n))  # GAP, (B, N, 512)
+        pooled = skips[-1].mean(dim=(2, 3)).unflatten(0, (b, n))  # GAP, (B, N, C_32)
         if self.cfg.shared_bins:  # one metric scale for the whole surround sample
             pooled = pooled.mean(dim=1, keepdim=True).expand(-1, n, -1)
         widths = torch.softmax(self.bin_mlp(pooled), dim=-1)  # Eq. (2), (B, N, K)
@@ -215,8 +225,8 @@ class Student(nn.Module):
           so inference runs one op where training ran two;
         - weights and activations are channels_last (NHWC), which oneDNN/cuDNN convolve faster.
         Folding is valid here because, in every module of this network (the ResNet stem and
-        blocks, `conv_block`), a BatchNorm registered right after a Conv2d is applied to exactly
-        that conv's output. `benchmark.py speed` measures what this buys."""
+        blocks, RegNet's conv-BN-activation units, `conv_block`), a BatchNorm registered right after
+        a Conv2d is applied to exactly that conv's output. `benchmark.py speed` measures what this buys."""
         fast = copy.deepcopy(self).eval()
         for module in list(fast.modules()):
             names = list(module._modules)

@@ -27,8 +27,10 @@ import losses
 import train
 
 SPEED_MODELS = ("student-stride2", "student", "student-convex", "student-channels-last", "student-fast",
-                "student-onnxruntime", "da-v2-small", "da-v2-base", "student-train-step")
-STUDENT_MODELS = SPEED_MODELS[:6] + ("student-fast-convex",)  # the last: on request, what convex costs
+                "student-onnxruntime", "student-light-fast", "student-light-onnxruntime", "da-v2-small",
+                "da-v2-base", "student-train-step")
+ON_REQUEST = ("student-fast-convex",)  # what convex upsampling costs in the inference form
+STUDENT_MODELS = SPEED_MODELS[:8] + ON_REQUEST
 # What each student row is, so the table shows what each speed change bought:
 # - student-stride2: the first design, a fourth decoder stage (256, 128, 64, 32) down to stride 2;
 # - student: the default, three decoder stages (128, 64, 32) to stride 4, depth upsampled bilinearly;
@@ -36,7 +38,9 @@ STUDENT_MODELS = SPEED_MODELS[:6] + ("student-fast-convex",)  # the last: on req
 # - student-channels-last: the default in NHWC memory format;
 # - student-fast: `Student.for_inference()`, BatchNorm folded into the convs and NHWC: what infer.py runs;
 # - student-onnxruntime: the same exported by export.py and run by onnxruntime (`infer.py --onnx`);
+# - student-light-fast, student-light-onnxruntime: the same two with the light encoder (LIGHT_ENCODER);
 # - student-fast-convex (not in the default list): the inference form with convex upsampling.
+LIGHT_ENCODER = "regnet_x_400mf"
 STRIDE2_DECODER = (256, 128, 64, 32)
 NATIVE_SIZE = (900, 1600)  # (H, W) of a nuScenes camera image: the default where resize in starts and out ends
 NUM_VIEWS = 6  # one surround frame, all views in one batch
@@ -47,7 +51,7 @@ MODES = ("network only", "with resize in/out")
 def build_for_speed(name, image_size, device, onnx_path=None):
     """A model with random weights -> dict of `call` (its network on its own input, views (6, 3, h, w)),
     `prepare` (views (6, 3, H0, W0) in [0, 1] on `device` -> that input), `params_m` (millions) and
-    `runtime`. student-onnxruntime runs the file `onnx_path` (see `export_for_speed`)."""
+    `runtime`. The onnxruntime students run the file `onnx_path` (see `export_for_speed`)."""
     from export import OnnxStudent
     from model import Student, StudentConfig
     from teacher import DINOV2_PATCH, build_random_teacher, preprocess, teacher_input_size
@@ -55,19 +59,19 @@ def build_for_speed(name, image_size, device, onnx_path=None):
     def resize_in(x):  # as Student.infer_images: bilinear, antialiased when shrinking
         return F.interpolate(x, size=tuple(image_size), mode="bilinear", align_corners=False, antialias=True)
 
-    if name == "student-onnxruntime":
+    if name.endswith("onnxruntime"):
         runner = OnnxStudent(onnx_path, threads=torch.get_num_threads())
         return {"call": lambda x: runner(x[None])["depth"][0], "prepare": resize_in, "params_m": None,
                 "runtime": "onnxruntime CPU EP, ORT_ENABLE_ALL"}
     if name in STUDENT_MODELS or name == "student-train-step":
         decoder = STRIDE2_DECODER if name == "student-stride2" else StudentConfig.decoder_channels
         upsample = "convex" if name.endswith("-convex") else StudentConfig.upsample
-        model = Student(StudentConfig(image_size=tuple(image_size), decoder_channels=decoder,
-                                      upsample=upsample)).to(device).eval()
+        model = Student(StudentConfig(encoder=encoder_of(name), image_size=tuple(image_size),
+                                      decoder_channels=decoder, upsample=upsample)).to(device).eval()
         params = sum(p.numel() for p in model.parameters()) / 1e6
         if name == "student-channels-last":  # NHWC activations: faster convolutions, same weights
             model = model.to(memory_format=torch.channels_last)
-        if name.startswith("student-fast"):
+        if "-fast" in name:
             model = model.for_inference()
         if name == "student-train-step":
             return {"call": train_step_call(model.train()), "prepare": resize_in, "params_m": params,
@@ -82,15 +86,21 @@ def build_for_speed(name, image_size, device, onnx_path=None):
             "params_m": sum(p.numel() for p in teacher.parameters()) / 1e6, "runtime": "torch"}
 
 
-def export_for_speed(image_size, folder):
-    """Export a random-weight student with export.py into `folder`, here rather than in the timed process
+def encoder_of(name):
+    """The encoder of a student row: LIGHT_ENCODER for the '-light' rows, else the default."""
+    from model import StudentConfig
+    return LIGHT_ENCODER if "-light" in name else StudentConfig.encoder
+
+
+def export_for_speed(image_size, folder, encoder):
+    """Export a random-weight student (`encoder`) with export.py into `folder`, here rather than in the timed process
     (so the exporter's memory is not counted) -> (path, parameters in millions, max relative deviation
     of onnxruntime's depth from the torch student's on one random frame)."""
     from export import OnnxStudent, export_onnx, max_relative_deviation, torch_depth
     from model import Student, StudentConfig
 
-    student = Student(StudentConfig(image_size=tuple(image_size))).eval()
-    path = os.path.join(folder, "student.onnx")
+    student = Student(StudentConfig(encoder=encoder, image_size=tuple(image_size))).eval()
+    path = os.path.join(folder, f"student_{encoder}.onnx")
     export_onnx(student, path)
     x = torch.rand(NUM_VIEWS, 3, *image_size)
     deviation = max_relative_deviation(OnnxStudent(path)(x[None])["depth"][0], torch_depth(student, x))
@@ -233,7 +243,7 @@ def speed(argv=None):
 
     p = argparse.ArgumentParser(description="Latency, FPS, parameters and peak memory, side by side.")
     p.add_argument("--image-size", type=int, nargs=2, default=(352, 640), metavar=("H", "W"), help="input per view")
-    p.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=SPEED_MODELS + STUDENT_MODELS[6:],
+    p.add_argument("--models", nargs="+", default=list(SPEED_MODELS), choices=SPEED_MODELS + ON_REQUEST,
                    help="models to time (student-fast-convex on request)")
     p.add_argument("--runs", type=int, default=5, help="timed runs per model and mode (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
@@ -254,17 +264,19 @@ def speed(argv=None):
     ctx = mp.get_context("spawn")  # a fresh process per model: its peak memory is its own
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        exported = export_for_speed(args.image_size, folder) if "student-onnxruntime" in args.models else None
+        exported = {encoder_of(n): export_for_speed(args.image_size, folder, encoder_of(n))
+                    for n in args.models if n.endswith("onnxruntime")}  # encoder -> (path, params, deviation)
         for name in args.models:
             queue = ctx.Queue()
-            on = "cpu" if name == "student-onnxruntime" else args.device  # the CPU execution provider
+            onnx = exported.get(encoder_of(name)) if name.endswith("onnxruntime") else None
+            on = "cpu" if onnx else args.device  # onnxruntime: the CPU execution provider
             child = ctx.Process(target=speed_child, args=(name, tuple(args.image_size), tuple(args.native_size),
                                                           args.runs, args.warmup, on, precisions, args.threads,
-                                                          exported and exported[0], queue))
+                                                          onnx and onnx[0], queue))
             child.start()
             for row in queue.get():
-                if name == "student-onnxruntime":
-                    row.update(params_m=exported[1], deviation=exported[2])
+                if onnx:
+                    row.update(params_m=onnx[1], deviation=onnx[2])
                 rows.append(row)
             child.join()
     (h, w), (nh, nw) = args.image_size, args.native_size

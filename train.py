@@ -32,7 +32,7 @@ from cache import DEFAULT_CACHE_ROOT, CachedTargets, cache_key, distillation_tar
 from cli import InputError, run_cli, write_text
 from data import DATASETS, DEFAULT_IMAGE_SIZE, batch_to_device, build_dataset, depth_range, split_name
 from evaluate import METRIC_KEYS, evaluate_model
-from model import Student, StudentConfig, load_checkpoint, save_checkpoint
+from model import ENCODER_CHANNELS, Student, StudentConfig, load_checkpoint, save_checkpoint
 from rig import ADJACENT_PAIRS
 from run_state import check_out, drop_log_after, rng_state, set_rng_state
 from sampling import SeededItems, StepSampler, seed_of
@@ -69,7 +69,8 @@ def get_args(argv=None):
     p.add_argument("--num-bins", type=int, default=64, help="K, the number of adaptive depth bins (Eqs. 2-7)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="input size, multiples of 32 (default: 96 160 synthetic, 352 640 nuScenes, 384 640 DDAD)")
-    p.add_argument("--encoder", default="resnet18", choices=["resnet18", "resnet34"], help="student encoder")
+    p.add_argument("--encoder", default="resnet18", choices=list(ENCODER_CHANNELS),
+                   help="student encoder (regnet_x_400mf: the light one, README \"Speed\")")
     p.add_argument("--decoder-channels", type=int, nargs="+", default=list(StudentConfig.decoder_channels),
                    help="U-Net decoder widths from stride 16 down; 3 stages decode to stride 4 (default), "
                         "4 to stride 2")

@@ -18,20 +18,22 @@ import speed
 def test_speed_prints_a_table_per_model_and_mode(capsys):
     rows = speed.speed(["--image-size", "32", "64", "--native-size", "45", "80", "--runs", "1", "--warmup", "0",
                         "--models", "student-fast",
-                        "student-onnxruntime", "da-v2-small", "student-train-step", "--train-size", "32", "64",
+                        "student-onnxruntime", "student-light-onnxruntime", "da-v2-small", "student-train-step",
+                        "--train-size", "32", "64",
                         "--train-runs", "1"])
-    assert [(r["model"], r["mode"]) for r in rows] == [(m, mode) for m in ("student-fast", "student-onnxruntime",
-                                                                           "da-v2-small") for mode in speed.MODES] + [
+    models = ("student-fast", "student-onnxruntime", "student-light-onnxruntime", "da-v2-small")
+    assert [(r["model"], r["mode"]) for r in rows] == [(m, mode) for m in models for mode in speed.MODES] + [
         ("student-train-step", speed.MODES[0])]
     assert all(r["median_s"] > 0 and r["params_m"] > 0 and r["precision"] == "fp32" for r in rows)
     assert all(r["threads"] == torch.get_num_threads() for r in rows)
-    assert 20 < rows[4]["params_m"] < 30  # DA-V2 Small: ~24.8 M parameters
+    assert 20 < rows[6]["params_m"] < 30  # DA-V2 Small: ~24.8 M parameters
     assert rows[2]["params_m"] == pytest.approx(rows[0]["params_m"])  # the exported student: the same network
-    assert rows[2]["deviation"] < 1e-3  # onnxruntime vs torch, same weights
+    assert rows[2]["deviation"] < 1e-3 and rows[4]["deviation"] < 1e-3  # onnxruntime vs torch, same weights
+    assert rows[4]["params_m"] < 0.7 * rows[0]["params_m"]  # the light (RegNetX-400MF) student is smaller
     out = capsys.readouterr().out
     table = [line for line in out.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 7 + 1 + 3  # header, 3 models x 2 modes + training step, training header, 3 modes
-    assert all(line.count("|") == 12 for line in table[:8])  # 11 columns
+    assert len(table) == 1 + 9 + 1 + 3  # header, 4 models x 2 modes + training step, training header, 3 modes
+    assert all(line.count("|") == 12 for line in table[:10])  # 11 columns
     assert re.search(r"\| student-onnxruntime \| onnxruntime CPU EP, ORT_ENABLE_ALL \| fp32 \| network only \| "
                      r"\d+ \| 6 views \|", out)
     assert "student-onnxruntime vs the torch student" in out and "kd, cached targets" in out

@@ -82,9 +82,10 @@ def test_logit_scale_multiplies_the_logits_and_nothing_else():
     assert not torch.allclose(b["depth"], a["depth"])  # sharper P^S, another expectation (Eq. 5)
 
 
-def test_for_inference_same_outputs_without_batchnorm():
+@pytest.mark.parametrize("encoder", ["resnet18", "regnet_x_400mf"])
+def test_for_inference_same_outputs_without_batchnorm(encoder):
     torch.manual_seed(3)
-    slow = Student(StudentConfig(num_bins=8, bin_hidden=16))
+    slow = Student(StudentConfig(encoder=encoder, num_bins=8, bin_hidden=16))
     for m in slow.modules():  # BatchNorm statistics far from the identity, so folding matters
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1, generator=_gen(1))
@@ -108,6 +109,21 @@ def test_resnet34_builds_and_runs():
     with torch.no_grad():
         out = m(torch.rand(1, 1, 3, 32, 32, generator=_gen(1)))
     assert out["depth"].shape == (1, 1, 1, 32, 32)
+
+
+def test_regnet_encoder_gives_five_stages_at_their_strides_and_channels():
+    m = Student(StudentConfig(encoder="regnet_x_400mf", **SMALL)).eval()
+    x = torch.rand(2, 3, 64, 96, generator=_gen(1))
+    maps = m.encode(x)
+    assert [t.shape[1] for t in maps] == list(model.ENCODER_CHANNELS["regnet_x_400mf"])
+    assert [(t.shape[2], t.shape[3]) for t in maps] == [(64 // s, 96 // s) for s in (2, 4, 8, 16, 32)]
+    with torch.no_grad():
+        out = m(x[None])
+    assert out["depth"].shape == (1, 2, 1, 64, 96) and m.bin_mlp[0].in_features == 400
+    # The bin widths (Eq. 2) read the stride-32 stage: a change there moves the centers.
+    m.encoder.trunk_output.block4[-1].f.c[1].bias.data += 1.0  # the last block's last BatchNorm shifts the bottleneck
+    with torch.no_grad():
+        assert not torch.allclose(m(x[None])["centers"], out["centers"])
 
 
 def test_unknown_encoder_rejected():
