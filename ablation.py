@@ -55,7 +55,9 @@ EXTRA_SETTINGS = {**{f"{name}, convex upsampling": flags + ["--upsample", "conve
                   # Eq. (23) study: the method plus response KD everywhere (Eq. 21) or off the LiDAR pixels (r = 0, 1)
                   "CKD + VRKD + RKD": ["--lambda-rkd", "1"],
                   "CKD + VRKD + off-LiDAR RKD": ["--lambda-rkd", "1", "--rkd-off-lidar", "0"],
-                  "CKD + VRKD + off-LiDAR RKD r1": ["--lambda-rkd", "1", "--rkd-off-lidar", "1"]}
+                  "CKD + VRKD + off-LiDAR RKD r1": ["--lambda-rkd", "1", "--rkd-off-lidar", "1"],
+                  # the light student (README, "Speed"): what the faster encoder costs in accuracy
+                  "baseline, light encoder": SUPERVISED + ["--encoder", "regnet_x_400mf"]}
 SETTINGS = {**DEFAULT_SETTINGS, **EXTRA_SETTINGS}
 # The seeds, fixed before any run: every one is used. Demo budget (300 steps): 0-4; the longer
 # budgets (2x on the CPU, 4x on a GPU): 0-2. Studies on the validation split (choices of the method) use
