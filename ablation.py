@@ -1,5 +1,5 @@
 """The ablation of the README (`python benchmark.py ablation`): which terms of Eq. (17) help, and
-the existing-KD baselines of Eqs. (21)-(22), beside the teacher's own error (zeroshot.py).
+the existing-KD baselines of Eqs. (21)-(22) and the change of Eq. (23), beside the teacher's own error (zeroshot.py).
 
     python benchmark.py ablation                          # demo budget: 300 steps, seeds 0-4
     python benchmark.py ablation --device cuda --jobs 8   # the same on a GPU box, 8 runs at a time

@@ -29,7 +29,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Channels of the encoder stages used as skips, strides 2, 4, 8, 16, 32: the ResNets' stem and
 # layer1..layer4; RegNetX-400MF's stem and trunk blocks 1-4 (torchvision), the light encoder
-# (3.3x less encoder time than ResNet-18 at 352 x 640 on one CPU thread; README, "Speed").
+# (the whole student 2.2-3.8x faster in onnxruntime on 2 CPU cores, much less accurate; README, "Speed").
 ENCODER_CHANNELS = {"resnet18": (64, 64, 128, 256, 512), "resnet34": (64, 64, 128, 256, 512),
                     "regnet_x_400mf": (32, 32, 64, 160, 400)}
 ENCODER_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
