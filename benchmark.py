@@ -19,15 +19,15 @@ def main(argv=None):
     if not argv or argv[0] not in modes:
         sys.exit(f"usage: python benchmark.py {{{','.join(modes)}}} [flags]; add -h after the mode for its flags")
     if argv[0] == "ablation":
-        import ablation
+        from benchmarks import ablation
         return ablation.ablation(argv[1:])
     if argv[0] == "data":
-        import loading
+        from benchmarks import loading
         return loading.data_benchmark(argv[1:])
     if argv[0] == "teacher":
-        import zeroshot
+        from benchmarks import zeroshot
         return zeroshot.teacher_zero_shot(argv[1:])
-    import speed
+    from benchmarks import speed
     return speed.speed(argv[1:])
 
 

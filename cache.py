@@ -1,7 +1,6 @@
 """The teacher targets of training, Eqs. (6) and (12)-(13), run live or read from a compact cache.
 
     python cache.py [train.py's data, teacher and token flags] [--num-samples 2000] [--cache-root outputs/teacher_cache]
-    (`python teacher.py --cache ...` is the same command)
 
 Defines
 - `distillation_targets`: what training needs from the frozen teacher for a batch, at full

@@ -1,42 +1,42 @@
-"""Every training loss of the method, as small pure functions that import only torch.
+"""Every loss of the method, as small pure functions in one file that imports only torch.
 
-Copy this file and `teacher_bins.py` into another project as they are. Equation numbers refer to the README's method
-section (the project's own formulation of the paper's abstract):
-- `silog`                 Eq. (15)  scale-invariant log loss, also L_cross of Eq. (9)
-- `bin_chamfer`           Eq. (16)  bin centers <-> ground-truth depths
-- `normalised_farness`, `remap_farness`, `farness_bin_probs`, `teacher_bin_probs`: Eqs. (6)-(7),
-  the teacher's scale-invariant bin probabilities P^T, defined in `teacher_bins.py` (torch only)
-  and imported here
+Copy this file alone into another project. Equation numbers refer to the README's method section
+(the project's own formulation of the paper's abstract):
+- `normalised_farness`, `remap_farness`  Eq. (6)  the teacher's scale-invariant farness s
+- `farness_bin_probs`, `teacher_bin_probs`  Eq. (7)  the teacher's bin probabilities P^T
 - `cross_interaction_kd`  Eqs. (8)-(11) CKD: L_kd and L_cross
 - `border_tokens`         Eq. (12)  pooled, L2-normalised border-strip tokens of each view
 - `border_similarity`     Eq. (13)  cosine similarities of adjacent border tokens (before tau_v)
 - `relational_kd`         Eqs. (13)-(14) VRKD from border tokens
 - `view_relational_kd`    Eqs. (12)-(14) VRKD from feature maps
-- `aligned_teacher_depth`, `response_kd`  Eq. (21) response KD on the metric-aligned teacher
-- `feature_kd`            Eq. (22)  feature KD (FitNets) through a 1x1 adapter
-- `lidar_neighbourhood`, `response_kd(..., lidar_radius=r)`  Eq. (23) response KD off the LiDAR pixels
+- `silog`                 Eq. (15)  scale-invariant log loss, also L_cross of Eq. (9)
+- `bin_chamfer`           Eq. (16)  bin centers <-> ground-truth depths
 - `valid_mask`            the validity mask M, d_min < D* < d_max (losses and every metric)
 - `LossConfig`, `objective` Eq. (17) the whole training objective, in fp32 even under autocast
+The existing-KD approaches we compare with (Eqs. 21-23) are in `kd_baselines.py`, not here.
 
 Shapes: B batch, N views, K bins, C channels, (H, W) ground-truth resolution, (h, w) a feature
 or logit resolution. Depths are in meters. A `mask` is a bool tensor, True where a pixel counts.
 """
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from teacher_bins import (FARNESS_MODES, FARNESS_Q_HI, FARNESS_Q_LO, LOG_FARNESS_FLOOR,  # noqa: F401 (Eqs. 6-7)
-                          farness_bin_probs, normalised_farness, remap_farness, teacher_bin_probs)
-
+# Eq. (6): percentiles that define the teacher's robust per-image disparity range.
+FARNESS_Q_LO = 0.02
+FARNESS_Q_HI = 0.98
+# Eq. (6), mode "log": the inverse-depth ratio (farthest / nearest inside the percentile range)
+# below which the log-disparity farness saturates at 1; 1/64 spans the 1.25-80 m range.
+LOG_FARNESS_FLOOR = 1.0 / 64.0
+FARNESS_MODES = ("affine", "log", "rank")  # the teacher normalisations of Eq. (6) (README, Eq. 6 study)
 # Eq. (15): the SILog constants of AdaBins / BTS. alpha scales the loss to the range of the
 # other terms; lambda = 0.85 weights the scale-invariant part (lambda = 1 is fully scale-invariant).
 SILOG_ALPHA = 10.0
 SILOG_LAMBDA = 0.85
 # Smallest depth fed to a log, in meters (the d_min of the README's "Setting").
 LOG_DEPTH_FLOOR = 0.1
-# Eq. (21): a view's alignment exists when var(r_hat) over its LiDAR pixels exceeds this (r_hat in [0, 1]).
-FIT_MIN_DET = 1e-8
 # Keeps sqrt differentiable when the SILog variance is exactly 0 (loss <= 1e-5 there).
 SQRT_EPS = 1e-12
 
@@ -45,6 +45,77 @@ def valid_mask(depth, min_depth, max_depth):
     """The validity mask M: True where min_depth < depth < max_depth (meters). Works on torch
     tensors and numpy arrays alike, so the losses and every metric of Eq. (18) share it."""
     return (depth > min_depth) & (depth < max_depth)
+
+
+def normalised_farness(disparity, mode="affine"):
+    """Affine-invariant normalised farness s, Eq. (6), from a teacher's relative disparity.
+
+    disparity: (..., 1, H, W) relative inverse depth r ~ a / D + b, any a > 0 and b.
+    r_hat = clip((r - q_lo) / (q_hi - q_lo), 0, 1) with the 2nd / 98th percentiles of each map;
+    s = 1 - r_hat in [0, 1]: 0 nearest, 1 farthest (sky). Replacing r by a*r + b (a > 0) moves
+    q_lo and q_hi the same way, so s does not change: the teacher's unknown scale is gone.
+    mode: "affine" (s as above), "log" or "rank": see `remap_farness`.
+    Returns s with the shape of `disparity`.
+    """
+    shape = disparity.shape
+    r = disparity.reshape(-1, shape[-2] * shape[-1])  # (M, H*W)
+    r = r if r.dtype == torch.float64 else r.float()
+    q = torch.quantile(r, torch.tensor([FARNESS_Q_LO, FARNESS_Q_HI], device=r.device, dtype=r.dtype), dim=1)
+    q_lo, q_hi = q[0, :, None], q[1, :, None]  # (M, 1) each
+    r_hat = ((r - q_lo) / (q_hi - q_lo).clamp_min(torch.finfo(r.dtype).eps)).clamp(0.0, 1.0)
+    return remap_farness((1.0 - r_hat).reshape(shape), mode)
+
+
+def remap_farness(farness, mode):
+    """Eq. (6) in another normalisation, from the affine farness s = 1 - r_hat: (..., 1, H, W) -> same.
+
+    "affine": s itself; linear in inverse depth, so K uniform bins crowd the near range.
+    "log":    s = log(r_hat (1 - e) + e) / log(e), e = LOG_FARNESS_FLOOR: linear in log inverse
+              depth (log depth) where r_hat >> e, so the bins are uniform in log depth.
+    "rank":   s = 1 - (number of pixels of the map farther than p, larger s) / (H W - 1): the
+              per-image quantile; every bin holds the same share of pixels. Ties share the
+              farthest value, so the sky stays at 1.
+    All three are 0 at the nearest pixels, 1 at the farthest (sky) and unchanged by r -> a r + b.
+    """
+    if mode == "affine":
+        return farness
+    if mode == "log":
+        r_hat = 1.0 - farness.float()
+        return torch.log(r_hat * (1.0 - LOG_FARNESS_FLOOR) + LOG_FARNESS_FLOOR) / math.log(LOG_FARNESS_FLOOR)
+    if mode == "rank":
+        shape = farness.shape
+        s = farness.reshape(-1, shape[-2] * shape[-1]).float()  # (M, H*W)
+        not_farther = torch.searchsorted(torch.sort(s, dim=1).values, s, right=True)  # (M, H*W): s' <= s
+        farther = s.shape[1] - not_farther
+        return (1.0 - farther.float() / max(1, s.shape[1] - 1)).reshape(shape)
+    raise ValueError(f"farness mode must be one of {FARNESS_MODES}, got {mode!r}")
+
+
+def farness_bin_probs(farness, num_bins, sigma=None):
+    """Teacher bin probabilities P^T from normalised farness s, Eq. (7).
+
+    farness: (..., 1, H, W) in [0, 1], a constant (the teacher is frozen: no gradient flows
+    into s). Returns (..., K, H, W), each pixel a distribution over
+    K bins: P^T_k = softmax_k(-(s - u_k)^2 / (2 sigma^2)), u_k = (k - 1/2) / K, sigma = 1/K by
+    default. Bin k means "the k-th slice of this scene's depth ordering", with no metric scale.
+    """
+    sigma = 1.0 / num_bins if sigma is None else sigma
+    u = (torch.arange(num_bins, device=farness.device, dtype=torch.float32) + 0.5) / num_bins  # (K,)
+    u = u.reshape((1,) * (farness.dim() - 3) + (num_bins, 1, 1))  # (..., K, 1, 1)
+    # -(s - u_k)^2 / (2 sigma^2), computed in place on the one (..., K, H, W) temporary: P^T is
+    # the largest tensor of a KD step, and this is ~40 % faster than the out-of-place chain.
+    z = farness.float() - u
+    z.mul_(z).mul_(-0.5 / sigma**2)
+    return torch.softmax(z, dim=-3)  # (..., K, H, W)
+
+
+def teacher_bin_probs(disparity, num_bins, sigma=None):
+    """Scale-invariant teacher bin probabilities P^T, Eqs. (6)-(7), from raw teacher disparity.
+
+    disparity: (..., 1, H, W) relative inverse depth. Returns (..., K, H, W) probabilities,
+    unchanged (up to float rounding) when disparity becomes a * disparity + b with a > 0.
+    """
+    return farness_bin_probs(normalised_farness(disparity), num_bins, sigma)
 
 
 def silog(pred, target, mask, alpha=SILOG_ALPHA, lam=SILOG_LAMBDA):
@@ -217,82 +288,6 @@ def view_relational_kd(student_feats, teacher_feats, pairs, strip=0.25, grid=(4,
                          border_tokens(teacher_feats, strip, grid), pairs, tau)
 
 
-def aligned_teacher_depth(farness, target, mask, min_depth, max_depth):
-    """The teacher made metric for response KD, Eq. (21): per view, the least-squares scale and shift.
-
-    farness: (B, N, 1, H, W) the affine farness s of Eq. (6); r_hat = 1 - s is affine in the
-        teacher's disparity r inside the 2-98 % percentile range (clipped outside), so aligning
-        r_hat aligns r there.
-    target, mask: (B, N, 1, H, W) sparse ground truth D* in meters and its mask M.
-    Per view, (alpha, beta) = argmin sum_M (alpha r_hat + beta - 1 / D*)^2 (closed form);
-    D_T = 1 / clamp(alpha r_hat + beta, 1 / max_depth, 1 / min_depth), in [min_depth, max_depth].
-    Returns (D_T (B, N, 1, H, W) meters, fitted (B, N, 1, 1, 1) bool: views with >= 2 valid
-    points and spread in r_hat, the only views whose D_T means anything). No gradient.
-    """
-    x = (1.0 - farness.float()).detach()
-    w = mask.float()
-    y = torch.where(mask, 1.0 / target.float().clamp_min(min_depth), torch.zeros_like(x))
-    n, sx, sy = w.sum(dim=(-3, -2, -1)), (w * x).sum(dim=(-3, -2, -1)), (w * y).sum(dim=(-3, -2, -1))  # (B, N)
-    sxx, sxy = (w * x * x).sum(dim=(-3, -2, -1)), (w * x * y).sum(dim=(-3, -2, -1))
-    det = n * sxx - sx * sx  # n^2 var(x): 0 when a view has < 2 points or a constant r_hat
-    fitted = (n >= 2) & (det > FIT_MIN_DET * n * n)
-    alpha = torch.where(fitted, (n * sxy - sx * sy) / torch.where(fitted, det, torch.ones_like(det)), 0.0)
-    beta = torch.where(fitted, (sy - alpha * sx) / n.clamp_min(1.0), 0.0)
-    disparity = alpha[..., None, None, None] * x + beta[..., None, None, None]  # (B, N, 1, H, W)
-    depth = 1.0 / disparity.clamp(1.0 / max_depth, 1.0 / min_depth)
-    return depth, fitted[..., None, None, None]
-
-
-def lidar_neighbourhood(mask, radius):
-    """N_r(M) of Eq. (23): every pixel within `radius` pixels of a LiDAR pixel, in the max norm.
-
-    mask: bool (..., H, W), the LiDAR mask M. radius: int >= 0; 0 gives M itself, r > 0 dilates M
-    by a (2r + 1) x (2r + 1) square. Returns bool, the shape of mask.
-    """
-    if radius == 0:
-        return mask
-    m = mask.reshape(-1, 1, *mask.shape[-2:]).float()  # (M, 1, H, W)
-    return (F.max_pool2d(m, 2 * radius + 1, stride=1, padding=radius) > 0).reshape(mask.shape)
-
-
-def response_kd(pred, farness, target, mask, min_depth, max_depth, omega=None, lidar_radius=None):
-    """Response KD with an aligned teacher, Eq. (21): L_rkd = SILog(D_hat, D_T; Omega), or off the
-    LiDAR pixels, Eq. (23): L_off = SILog(D_hat, D_T; Omega minus N_r(M)).
-
-    pred: (B, N, 1, H, W) student depth D_hat in meters. farness, target, mask, min_depth,
-    max_depth: as `aligned_teacher_depth`, which makes the pseudo-depth D_T. Dense: every pixel
-    Omega of every view whose alignment exists, not only LiDAR pixels (omega: optional bool
-    (B, N, 1, H, W), False on pixels that never count, e.g. DDAD's ego car). The existing-KD
-    baseline: the student copies the metric-aligned teacher, errors included.
-    lidar_radius: None for Eq. (21); an int r >= 0 for Eq. (23): the LiDAR pixels and every pixel
-    within r of one (`lidar_neighbourhood`) are left to L_si, so the teacher speaks only where the
-    ground truth is silent. The alignment of D_T still uses the LiDAR pixels. Returns a scalar.
-    """
-    depth, fitted = aligned_teacher_depth(farness, target, mask, min_depth, max_depth)
-    pixels = fitted.expand_as(pred) if omega is None else fitted.expand_as(pred) & omega
-    if lidar_radius is not None:
-        pixels = pixels & ~lidar_neighbourhood(mask, lidar_radius)  # Eq. (23)
-    return silog(pred, depth, pixels)
-
-
-def feature_kd(student_feats, teacher_feats, adapter):
-    """Feature KD (FitNets), Eq. (22): L_fkd = 1/|T| sum_t || x_t / |x_t| - f_t / |f_t| ||^2.
-
-    student_feats: (B, N, C_S, h, w) the student's `features`; teacher_feats: (B, N, C_T, h_T, w_T).
-    adapter: a module (e.g. a 1x1 conv C_S -> C_T) applied after the student features are
-    resized (bilinear) to the teacher's token grid (h_T, w_T); x = adapter(...). Each token t
-    (a pixel of the grid) is L2-normalised over channels on both sides, so the loss is 2 - 2 cos
-    per token, averaged over all B N h_T w_T tokens. The adapter trains with the student and is
-    dropped at inference. Returns a scalar in [0, 4].
-    """
-    b, n = student_feats.shape[:2]
-    size = teacher_feats.shape[-2:]
-    x = F.interpolate(student_feats.flatten(0, 1), size=size, mode="bilinear", align_corners=False)
-    x = F.normalize(adapter(x), dim=1)  # (B*N, C_T, h_T, w_T)
-    t = F.normalize(teacher_feats.flatten(0, 1).float().detach(), dim=1)
-    return (x - t).pow(2).sum(dim=1).mean()
-
-
 @dataclass
 class LossConfig:
     """Hyperparameters of Eq. (17). The defaults are the project's (README, "Ablation").
@@ -315,39 +310,41 @@ class LossConfig:
     vr_tau: float = 0.1  # temperature tau_v of the relation softmax, Eq. (13)
     vr_student: str = "features"  # student tokens of Eq. (12): "features" or "probs" (P^S)
     teacher_norm: str = "affine"  # normalisation of Eq. (6) behind P^T of Eq. (7): FARNESS_MODES
-    lambda_rkd: float = 0.0  # weight of response KD, Eq. (21); 0: off (an existing-KD baseline)
-    rkd_lidar_radius: int = None  # None: response KD on every pixel, Eq. (21); r >= 0: off N_r(M), Eq. (23)
-    lambda_fkd: float = 0.0  # weight of feature KD, Eq. (22); 0: off (an existing-KD baseline)
 
 
-def objective(out, target, cfg, farness=None, teacher_tokens=None, omega=None, teacher_features=None,
-              adapter=None):
+def full_resolution_farness(farness, size):
+    """The teacher's farness s at the ground truth's size (H, W): (B, N, 1, h, w) -> (B, N, 1, H, W).
+    A coarser s (the teacher cache stores it at the logit stride) is upsampled bilinearly."""
+    farness = farness.float()
+    if farness.shape[-2:] == tuple(size):
+        return farness
+    return F.interpolate(farness.flatten(0, 1), size=tuple(size), mode="bilinear",
+                         align_corners=False).unflatten(0, farness.shape[:2])
+
+
+def objective(out, target, cfg, farness=None, teacher_tokens=None, omega=None):
     """The training objective, Eq. (17):
-    L = L_si + beta L_bins + lambda_ckd (L_kd + lambda_x L_cross) + lambda_vr L_VRKD,
-    plus the existing-KD baselines lambda_rkd L_rkd (Eq. 21) + lambda_fkd L_fkd (Eq. 22), off by default
-    (with cfg.rkd_lidar_radius set, L_rkd is Eq. (23)'s L_off).
+    L = L_si + beta L_bins + lambda_ckd (L_kd + lambda_x L_cross) + lambda_vr L_VRKD.
 
     out: the student's outputs, {'depth' (B, N, 1, H, W) m, 'logits' (B, N, K, h, w),
         'centers' (B, N, K) m, 'features' (B, N, C, h', w')}.
-    target: (B, N, 1, H, W) sparse ground truth D* in meters, 0 where there is none.
+    target: (B, N, 1, H, W) sparse ground truth D* in meters, 0 where there is none (a sample
+        without any, an unlabelled image, gets only the teacher's terms L_kd and L_VRKD).
     cfg: a LossConfig.
     farness: (B, N, 1, H, W) the teacher's normalised farness s of Eq. (6), affine mode; needed
-        when cfg.lambda_ckd > 0 or cfg.lambda_rkd > 0. P^T of Eq. (7) is built from it here, in
-        cfg.teacher_norm. A coarser s (B, N, 1, h, w) (the teacher cache stores it at the logit
-        stride) is first upsampled bilinearly to (H, W).
+        when cfg.lambda_ckd > 0. P^T of Eq. (7) is built from it here, in cfg.teacher_norm. A
+        coarser s (B, N, 1, h, w) is first upsampled (`full_resolution_farness`).
     teacher_tokens: (left, right) border tokens of the teacher, each (B, N, L, C_T), from
         `border_tokens` (Eq. 12), or their `border_similarity` (B, |A|, L, L); needed when
         cfg.lambda_vr > 0.
     omega: None, or bool (B, N, 1, H, W), True where a pixel counts (False on the ego car's body):
         the pixels Omega of the dense terms, Eq. (10), and of the student's token pooling, Eq. (12).
-        The teacher's tokens must be pooled with the same omega (`cache.distillation_targets`).
-        The supervised terms keep the mask M of the ground truth.
-    teacher_features, adapter: (B, N, C_T, h_T, w_T) teacher features and the 1x1 adapter of
-        Eq. (22); needed when cfg.lambda_fkd > 0.
+        The teacher's tokens must be pooled with the same omega. The supervised terms keep the
+        mask M of the ground truth.
     Every term is computed in float32 with autocast off, whatever precision the forward ran in:
     the einsums of Eqs. (5), (8) and (13) lose too much in bf16.
     Returns (scalar loss, {term name: detached float32 scalar}) with the terms 'si', 'bins' and,
-    when switched on, 'kd', 'cross', 'vr', 'rkd', 'fkd'.
+    when switched on, 'kd', 'cross', 'vr'.
     """
     with torch.autocast(target.device.type, enabled=False):
         out = {k: v.float() for k, v in out.items()}
@@ -357,14 +354,9 @@ def objective(out, target, cfg, farness=None, teacher_tokens=None, omega=None, t
         with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.beta_bins > 0):  # beta = 0: logged only
             terms["bins"] = bin_chamfer(out["centers"], target, mask)  # Eq. (16)
         loss = terms["si"] + cfg.beta_bins * terms["bins"] if cfg.beta_bins > 0 else terms["si"]
-        if farness is not None:
-            farness = farness.float()
-            if farness.shape[-2:] != target.shape[-2:]:  # a cached, coarse s: back to (H, W)
-                farness = F.interpolate(farness.flatten(0, 1), size=target.shape[-2:], mode="bilinear",
-                                        align_corners=False).unflatten(0, farness.shape[:2])  # (B, N, 1, H, W)
         if cfg.lambda_ckd > 0:
             k = out["logits"].shape[2]
-            s = remap_farness(farness, cfg.teacher_norm)  # Eq. (6) in cfg's normalisation
+            s = remap_farness(full_resolution_farness(farness, target.shape[-2:]), cfg.teacher_norm)  # Eq. (6)
             probs = farness_bin_probs(s, k, cfg.sigma)  # Eq. (7), (B, N, K, H, W)
             ckd = cross_interaction_kd(out["logits"], out["centers"], probs, target, mask, cfg.tau, omega)
             terms.update(ckd)
@@ -376,11 +368,4 @@ def objective(out, target, cfg, farness=None, teacher_tokens=None, omega=None, t
                               else tuple(t.float() for t in teacher_tokens))
             terms["vr"] = relational_kd(student_tokens, teacher_tokens, cfg.pairs, cfg.vr_tau)  # Eq. (14)
             loss = loss + cfg.lambda_vr * terms["vr"]
-        if cfg.lambda_rkd > 0:
-            terms["rkd"] = response_kd(out["depth"], farness, target, mask, cfg.min_depth, cfg.max_depth,
-                                       omega, cfg.rkd_lidar_radius)  # Eq. (21), or Eq. (23) off the LiDAR
-            loss = loss + cfg.lambda_rkd * terms["rkd"]
-        if cfg.lambda_fkd > 0:
-            terms["fkd"] = feature_kd(out["features"], teacher_features, adapter)  # Eq. (22)
-            loss = loss + cfg.lambda_fkd * terms["fkd"]
     return loss, {k: v.detach() for k, v in terms.items()}

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import emulated
 import losses
-from cli import InputError, run_cli
+from cli import InputError
 from model import IMAGENET_MEAN, IMAGENET_STD  # the same statistics DA-V2 normalises with
 
 # Pre-processing of DA-V2, from the `preprocessor_config.json` of the depth-anything/*-hf
@@ -279,11 +279,3 @@ def build_teacher(name, device="cpu", long_side=DEFAULT_LONG_SIDE):
     if name.startswith("random-") and name[len("random-"):] in TEACHER_ARCHS:
         return build_random_teacher(name[len("random-"):], device, long_side)
     return load_teacher(name, device, long_side=long_side)
-
-
-if __name__ == "__main__":  # `python teacher.py --cache ...` is `python cache.py ...` (the module imports no cache)
-    import sys
-
-    import cache
-
-    run_cli(lambda: cache.main([arg for arg in sys.argv[1:] if arg != "--cache"]))

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import kd_baselines
 import losses
 from cache import DEFAULT_CACHE_ROOT, CachedTargets, cache_key, distillation_targets, find_cache, teacher_pass
 from cli import InputError, run_cli, write_text
@@ -182,8 +183,13 @@ def loss_config(args):
                              lambda_ckd=args.lambda_ckd, lambda_cross=args.lambda_cross, tau=args.tau,
                              sigma=args.sigma, lambda_vr=args.lambda_vr, vr_strip=args.vr_strip,
                              vr_grid=tuple(args.vr_grid), vr_tau=args.vr_tau, vr_student=args.vr_student,
-                             teacher_norm=args.teacher_norm, lambda_rkd=args.lambda_rkd, lambda_fkd=args.lambda_fkd,
-                             rkd_lidar_radius=args.rkd_off_lidar)
+                             teacher_norm=args.teacher_norm)
+
+
+def baseline_config(args):
+    """The weights of the existing-KD baselines (Eqs. 21-23) -> kd_baselines.BaselineConfig."""
+    return kd_baselines.BaselineConfig(lambda_rkd=args.lambda_rkd, rkd_lidar_radius=args.rkd_off_lidar,
+                                       lambda_fkd=args.lambda_fkd)
 
 
 def distribute(model, device, world):
@@ -281,7 +287,7 @@ def main(argv=None):
 
     # Teacher targets: from a cache made for this run (found, or the folder given), or a frozen teacher
     # run live (always for feature KD, Eq. 22: the cache holds no feature grid); the adapter of Eq. (22).
-    objective_cfg = loss_config(args)
+    objective_cfg, baseline_cfg = loss_config(args), baseline_config(args)
     needs_targets = args.lambda_ckd > 0 or args.lambda_vr > 0 or args.lambda_rkd > 0  # Eq. (6) and (12) targets
     cache = None
     if needs_targets and args.lambda_fkd == 0 and args.teacher_cache != "none":
@@ -356,7 +362,11 @@ def main(argv=None):
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):  # the forward only
             out = net(batch["images"])
         loss, terms = losses.objective(out, batch["depth"], objective_cfg, farness, tokens,  # Eq. (17), fp32
-                                       batch.get("omega"), features, adapter)  # omega: DDAD's masks
+                                       batch.get("omega"))  # omega: DDAD's masks
+        if baseline_cfg.active:  # the existing-KD baselines, Eqs. (21)-(23)
+            extra, more = kd_baselines.baseline_objective(out, batch["depth"], objective_cfg, baseline_cfg, farness,
+                                                          batch.get("omega"), features, adapter)
+            loss, terms = loss + extra, {**terms, **more}
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-import ablation
-import zeroshot
+from benchmarks import ablation
+from benchmarks import zeroshot
 from cli import InputError
 
 

@@ -1,10 +1,11 @@
 """Tests of the Eq. (6) normalisations (losses.remap_farness) and of the existing-KD baselines
-of Eqs. (21)-(22) (losses.response_kd, losses.feature_kd): hand-computed values and invariances."""
+of Eqs. (21)-(22) (kd_baselines.response_kd, kd_baselines.feature_kd): hand-computed values and invariances."""
 import math
 
 import pytest
 import torch
 
+import kd_baselines
 import losses
 
 
@@ -56,7 +57,7 @@ def test_aligned_teacher_depth_exact_fit():
     # gets 1 / (0.5 * 0.75 + 0.25) = 1.6 m.
     s = view([0.0, 0.5, 1.0, 0.25])
     target = view([4 / 3, 2.0, 4.0, 0.0])
-    depth, fitted = losses.aligned_teacher_depth(s, target, target > 0, 0.1, 80.0)
+    depth, fitted = kd_baselines.aligned_teacher_depth(s, target, target > 0, 0.1, 80.0)
     torch.testing.assert_close(depth, view([4 / 3, 2.0, 4.0, 1.6]))
     assert fitted.flatten().tolist() == [True]
 
@@ -67,10 +68,10 @@ def test_aligned_teacher_depth_least_squares_and_clamp():
     # to 1 / 80 -> 80 m.
     s = view([1.0, 0.0, 0.0, 0.5, -4.0])
     target = view([1.0, 1.0, 2.0, 0.0, 0.0])
-    depth, _ = losses.aligned_teacher_depth(s, target, target > 0, 0.1, 80.0)
+    depth, _ = kd_baselines.aligned_teacher_depth(s, target, target > 0, 0.1, 80.0)
     torch.testing.assert_close(depth.flatten()[3:], torch.tensor([1 / 0.875, 80.0]))
     # A view with a single LiDAR point has no alignment.
-    _, fitted = losses.aligned_teacher_depth(s, view([1.0, 0, 0, 0, 0]), view([1.0, 0, 0, 0, 0]) > 0, 0.1, 80.0)
+    _, fitted = kd_baselines.aligned_teacher_depth(s, view([1.0, 0, 0, 0, 0]), view([1.0, 0, 0, 0, 0]) > 0, 0.1, 80.0)
     assert fitted.flatten().tolist() == [False]
 
 
@@ -81,16 +82,16 @@ def test_response_kd_is_dense_silog_against_the_aligned_teacher():
     # Student twice the teacher on view 1 (every pixel, LiDAR or not), anything on view 2 (no fit):
     # g = log 2 everywhere it counts -> 10 sqrt(g^2 - 0.85 g^2) = 10 sqrt(0.15) log 2.
     pred = torch.cat([2.0 * teacher, view([7.0, 7.0, 3.0, 9.0])], dim=1)
-    loss = losses.response_kd(pred, s, target, target > 0, 0.1, 80.0)
+    loss = kd_baselines.response_kd(pred, s, target, target > 0, 0.1, 80.0)
     assert float(loss) == pytest.approx(10.0 * math.sqrt(0.15) * math.log(2.0), rel=1e-5)
     # omega (DDAD's ego-car mask) drops pixels from Omega: wrong only where masked -> the same loss
     wrong = pred.clone()
     wrong[..., 0, 3] = 50.0  # view 1, pixel 3 far off, but masked out
     omega = torch.ones_like(pred, dtype=torch.bool)
     omega[..., 3] = False
-    masked = losses.response_kd(wrong, s, target, target > 0, 0.1, 80.0, omega)
+    masked = kd_baselines.response_kd(wrong, s, target, target > 0, 0.1, 80.0, omega)
     assert float(masked) == pytest.approx(10.0 * math.sqrt(0.15) * math.log(2.0), rel=1e-5)
-    assert float(losses.response_kd(wrong, s, target, target > 0, 0.1, 80.0)) > float(loss) + 0.1
+    assert float(kd_baselines.response_kd(wrong, s, target, target > 0, 0.1, 80.0)) > float(loss) + 0.1
 
 
 def identity_adapter(channels):
@@ -107,7 +108,7 @@ def test_feature_kd_by_hand():
     adapter = identity_adapter(2)
     for teacher, expected in (([3.0, 0.0], 0.0), ([0.0, 0.5], 2.0), ([1.0, 1.0], 2.0 - math.sqrt(2.0))):
         t = torch.tensor(teacher).view(1, 1, 2, 1, 1)
-        assert float(losses.feature_kd(student, t, adapter).detach()) == pytest.approx(expected, abs=1e-6)
+        assert float(kd_baselines.feature_kd(student, t, adapter).detach()) == pytest.approx(expected, abs=1e-6)
 
 
 def test_feature_kd_trains_the_adapter_and_the_student():
@@ -115,7 +116,7 @@ def test_feature_kd_trains_the_adapter_and_the_student():
     student = torch.randn(2, 6, 8, 6, 10, generator=gen, requires_grad=True)  # C_S = 8 on 6 x 10
     teacher = torch.randn(2, 6, 5, 3, 5, generator=gen)  # C_T = 5 on the 3 x 5 token grid
     adapter = torch.nn.Conv2d(8, 5, 1)
-    loss = losses.feature_kd(student, teacher, adapter)
+    loss = kd_baselines.feature_kd(student, teacher, adapter)
     loss.backward()
     assert 0.0 < float(loss.detach()) < 4.0
     assert adapter.weight.grad.abs().sum() > 0 and student.grad.abs().sum() > 0
@@ -130,15 +131,14 @@ def test_objective_adds_the_baselines_with_their_weights():
            "centers": torch.linspace(1, 20, k).expand(b, n, k), "features": torch.randn(b, n, 3, 4, 6)}
     farness = torch.rand(b, n, 1, h, w, generator=gen)
     feats, adapter = torch.randn(b, n, 5, 2, 3), torch.nn.Conv2d(3, 5, 1)
-    base = losses.LossConfig(pairs=(), min_depth=0.1, max_depth=80.0, lambda_ckd=0.0, lambda_vr=0.0)
-    cfg = losses.LossConfig(pairs=(), min_depth=0.1, max_depth=80.0, lambda_ckd=0.0, lambda_vr=0.0,
-                            lambda_rkd=0.5, lambda_fkd=2.0)
-    plain, _ = losses.objective(out, target, base)
-    loss, terms = losses.objective(out, target, cfg, farness, None, teacher_features=feats, adapter=adapter)
-    rkd = losses.response_kd(out["depth"], farness, target, target > 0, 0.1, 80.0)
-    fkd = losses.feature_kd(out["features"], feats, adapter)
+    cfg = losses.LossConfig(pairs=(), min_depth=0.1, max_depth=80.0, lambda_ckd=0.0, lambda_vr=0.0)
+    bcfg = kd_baselines.BaselineConfig(lambda_rkd=0.5, lambda_fkd=2.0)
+    assert bcfg.active and not kd_baselines.BaselineConfig().active
+    loss, terms = kd_baselines.baseline_objective(out, target, cfg, bcfg, farness, None, feats, adapter)
+    rkd = kd_baselines.response_kd(out["depth"], farness, target, target > 0, 0.1, 80.0)
+    fkd = kd_baselines.feature_kd(out["features"], feats, adapter)
     torch.testing.assert_close(terms["rkd"], rkd)
-    torch.testing.assert_close(loss, plain + 0.5 * rkd + 2.0 * fkd)
+    torch.testing.assert_close(loss, 0.5 * rkd + 2.0 * fkd)
 
 
 def test_train_runs_both_baselines_and_keeps_the_adapter_out_of_the_model(tmp_path):
@@ -165,10 +165,10 @@ def test_train_runs_both_baselines_and_keeps_the_adapter_out_of_the_model(tmp_pa
 def test_lidar_neighbourhood_by_hand():
     mask = torch.zeros(1, 1, 1, 5, 7, dtype=torch.bool)
     mask[..., 2, 3] = True
-    assert torch.equal(losses.lidar_neighbourhood(mask, 0), mask)
-    ring = losses.lidar_neighbourhood(mask, 1)[0, 0, 0]
+    assert torch.equal(kd_baselines.lidar_neighbourhood(mask, 0), mask)
+    ring = kd_baselines.lidar_neighbourhood(mask, 1)[0, 0, 0]
     assert int(ring.sum()) == 9 and bool(ring[1:4, 2:5].all())  # the 3 x 3 square around (2, 3)
-    assert int(losses.lidar_neighbourhood(mask, 2).sum()) == 25  # 5 x 5, inside the 5 x 7 image
+    assert int(kd_baselines.lidar_neighbourhood(mask, 2).sum()) == 25  # 5 x 5, inside the 5 x 7 image
 
 
 def test_off_lidar_response_kd_leaves_the_lidar_pixels_to_the_ground_truth():
@@ -179,13 +179,13 @@ def test_off_lidar_response_kd_leaves_the_lidar_pixels_to_the_ground_truth():
     # The student 3x off on the LiDAR pixels, 2x the teacher on the one pixel without LiDAR:
     # Eq. (23) with r = 0 sees pixel 3 only, g = log 2 -> 10 sqrt(0.15) log 2; Eq. (21) sees all four.
     pred = teacher * view([3.0, 3.0, 3.0, 2.0])
-    loss = losses.response_kd(pred, s, target, mask, 0.1, 80.0, lidar_radius=0)
+    loss = kd_baselines.response_kd(pred, s, target, mask, 0.1, 80.0, lidar_radius=0)
     assert float(loss) == pytest.approx(10.0 * math.sqrt(0.15) * math.log(2.0), rel=1e-5)
     g = torch.log(torch.tensor([3.0, 3.0, 3.0, 2.0]))
     everywhere = 10.0 * math.sqrt(float(g.pow(2).mean() - 0.85 * g.mean().pow(2)))
-    assert float(losses.response_kd(pred, s, target, mask, 0.1, 80.0)) == pytest.approx(everywhere, rel=1e-5)
+    assert float(kd_baselines.response_kd(pred, s, target, mask, 0.1, 80.0)) == pytest.approx(everywhere, rel=1e-5)
     # r = 1 also drops pixel 3 (next to LiDAR pixel 2): nothing is left, the loss is a zero.
-    assert float(losses.response_kd(pred, s, target, mask, 0.1, 80.0, lidar_radius=1)) == 0.0
+    assert float(kd_baselines.response_kd(pred, s, target, mask, 0.1, 80.0, lidar_radius=1)) == 0.0
 
 
 def test_off_lidar_gradient_reaches_exactly_the_pixels_off_the_neighbourhood():
@@ -195,7 +195,7 @@ def test_off_lidar_gradient_reaches_exactly_the_pixels_off_the_neighbourhood():
     target[..., 4, 1:10:2] = 5.0 + 10.0 * torch.rand(5, generator=gen)  # one LiDAR row, every 2nd column
     s = torch.rand(1, 1, 1, h, w, generator=gen)
     pred = (1.0 + 20.0 * torch.rand(1, 1, 1, h, w, generator=gen)).requires_grad_()
-    losses.response_kd(pred, s, target, target > 0, 0.1, 80.0, lidar_radius=1).backward()
+    kd_baselines.response_kd(pred, s, target, target > 0, 0.1, 80.0, lidar_radius=1).backward()
     reached = pred.grad[0, 0, 0] != 0
     assert not reached[3:6].any()  # rows 3-5: the LiDAR row and its 1-pixel neighbourhood
     assert reached[:3].all() and reached[6:].all()
@@ -208,12 +208,12 @@ def test_objective_passes_the_radius_of_eq_23():
     out = {"depth": 1.0 + 20.0 * torch.rand(1, 6, 1, 8, 12, generator=gen), "logits": torch.randn(1, 6, 4, 8, 12),
            "centers": torch.linspace(1, 20, 4).expand(1, 6, 4), "features": torch.randn(1, 6, 3, 4, 6)}
     farness = torch.rand(1, 6, 1, 8, 12, generator=gen)
-    cfg = losses.LossConfig(pairs=(), min_depth=0.1, max_depth=80.0, lambda_ckd=0.0, lambda_vr=0.0,
-                            lambda_rkd=1.0, rkd_lidar_radius=1)
-    _, terms = losses.objective(out, target, cfg, farness)
-    off = losses.response_kd(out["depth"], farness, target, target > 0, 0.1, 80.0, lidar_radius=1)
+    cfg = losses.LossConfig(pairs=(), min_depth=0.1, max_depth=80.0, lambda_ckd=0.0, lambda_vr=0.0)
+    bcfg = kd_baselines.BaselineConfig(lambda_rkd=1.0, rkd_lidar_radius=1)
+    _, terms = kd_baselines.baseline_objective(out, target, cfg, bcfg, farness)
+    off = kd_baselines.response_kd(out["depth"], farness, target, target > 0, 0.1, 80.0, lidar_radius=1)
     torch.testing.assert_close(terms["rkd"], off)
-    assert float((off - losses.response_kd(out["depth"], farness, target, target > 0, 0.1, 80.0)).abs()) > 1e-3
+    assert float((off - kd_baselines.response_kd(out["depth"], farness, target, target > 0, 0.1, 80.0)).abs()) > 1e-3
 
 
 def test_train_refuses_a_radius_without_response_kd(capsys):
@@ -222,4 +222,4 @@ def test_train_refuses_a_radius_without_response_kd(capsys):
         with pytest.raises(SystemExit):
             train.get_args(flags)
         assert "--rkd-off-lidar needs" in capsys.readouterr().err
-    assert train.loss_config(train.get_args(["--lambda-rkd", "1", "--rkd-off-lidar", "2"])).rkd_lidar_radius == 2
+    assert train.baseline_config(train.get_args(["--lambda-rkd", "1", "--rkd-off-lidar", "2"])).rkd_lidar_radius == 2

@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-import speed
+from benchmarks import speed
 
 
 def test_speed_prints_a_table_per_model_and_mode(capsys):
@@ -45,7 +45,7 @@ def test_data_benchmark_prints_both_loaders(tmp_path, capsys):
     import numpy as np
 
     import benchmark
-    import loading
+    from benchmarks import loading
     import nuscenes_fixture
 
     import ddad_fixture

@@ -129,7 +129,7 @@ def time_nuscenes(dataroot, version, split, image_size, repeats):
 def fixture_module(name):
     """The module `name` of tests/ (the fixtures that write nuScenes- and DDAD-format dataroots)."""
     import importlib
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "tests"))
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
     return importlib.import_module(name)
 
 

@@ -40,7 +40,7 @@ from sampling import StepSampler
 from synthetic import SPLIT_LENGTHS, SyntheticSurround, render_cache_path
 from teacher import build_teacher
 from viz import bev_figure, save_png
-from zeroshot import teacher_error
+from benchmarks.zeroshot import teacher_error
 
 # Rows of the table: the train.py flags of each setting; every other flag keeps its default.
 # Listed in the order they run within a seed (the comparisons of the goal first).

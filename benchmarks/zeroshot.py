@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 import evaluate
+import kd_baselines
 import losses
 from cli import write_text
 from data import build_dataset
@@ -32,7 +33,7 @@ def teacher_error(teacher, dataset, depth_range=(MIN_DEPTH, MAX_DEPTH)):
             rows[kind] += [evaluate.affine_invariant_metrics(out["disparity"][n, 0], item[key][n, 0], *depth_range)
                            for n in range(item["images"].shape[0])]
         sparse = item["depth"]
-        pseudo, fitted = losses.aligned_teacher_depth(losses.normalised_farness(out["disparity"]), sparse,
+        pseudo, fitted = kd_baselines.aligned_teacher_depth(losses.normalised_farness(out["disparity"]), sparse,
                                                       losses.valid_mask(sparse, *depth_range), *depth_range)
         rows["lidar_aligned"] += [evaluate.compute_depth_metrics(pseudo[n, 0], item["depth_dense"][n, 0], *depth_range)
                                   for n in range(sparse.shape[0]) if fitted[n].all()]
