@@ -1,6 +1,7 @@
 """The benchmarks whose output goes into the README, behind one entry point.
 
-    python benchmark.py ablation [flags]   # which terms of Eq. (17) help (ablation.py)
+    python benchmark.py ablation [flags]   # which terms of Eq. (17) help (benchmarks/ablation.py)
+    python benchmark.py regime [flags]     # where a teacher helps: regimes of data, the oracle ladder (regime.py)
     python benchmark.py speed [flags]      # student vs Depth Anything V2, time and memory (speed.py)
     python benchmark.py data [flags]       # loading speed per DataLoader worker (loading.py)
     python benchmark.py teacher [flags]    # the emulated teacher's zero-shot error (zeroshot.py)
@@ -15,12 +16,15 @@ from cli import run_cli
 def main(argv=None):
     """Dispatch `python benchmark.py MODE [flags]` to the mode's own file."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    modes = ("ablation", "speed", "data", "teacher")
+    modes = ("ablation", "regime", "speed", "data", "teacher")
     if not argv or argv[0] not in modes:
         sys.exit(f"usage: python benchmark.py {{{','.join(modes)}}} [flags]; add -h after the mode for its flags")
     if argv[0] == "ablation":
         from benchmarks import ablation
         return ablation.ablation(argv[1:])
+    if argv[0] == "regime":
+        from benchmarks import regime
+        return regime.regime(argv[1:])
     if argv[0] == "data":
         from benchmarks import loading
         return loading.data_benchmark(argv[1:])

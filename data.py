@@ -74,6 +74,17 @@ def build_dataset(name, split, image_size=None, dataroot=None, version=None, see
     raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
 
 
+def build_unlabelled(name, split, image_size=None, dataroot=None, version=None, seed=0, scenes=0, first_scene=0,
+                     sweeps=0, cache_dir=None):
+    """The unlabelled images of a training split: items as `build_dataset`'s, with `depth` all 0.
+    Synthetic: `scenes` finite scenes from scene `first_scene` on (SyntheticSurround, labelled=False)."""
+    size = {} if image_size is None else {"image_size": tuple(image_size)}
+    if name == "synthetic":
+        return SyntheticSurround(split=split, seed=seed, scenes=scenes, first_scene=first_scene, labelled=False,
+                                 cache_dir=cache_dir, **size)
+    raise ValueError(f"no unlabelled images for dataset {name!r}")
+
+
 IMAGE_KEYS = ("images", "images_teacher")  # the image tensors of a sample (see the module docstring)
 UINT8_MAX = 255.0  # an 8-bit image divided by this is in [0, 1]
 

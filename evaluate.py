@@ -84,8 +84,10 @@ def affine_invariant_metrics(disparity, gt, min_depth=MIN_DEPTH, max_depth=MAX_D
     disparity: (H, W) relative inverse depth r; gt: (H, W) ground-truth depth in meters. Per
     image, the least-squares scale s and shift t of s * r + t to 1 / D* over the valid pixels M
     (min_depth < D* < max_depth) align r in disparity space; the depth 1 / max(s r + t,
-    1 / max_depth) is then scored as `compute_depth_metrics` scores a metric prediction.
-    Returns its dict, or None when the image has no valid pixel.
+    1 / max_depth) is then scored as `compute_depth_metrics` scores a metric prediction. The dict
+    also holds 'abs_rel_disparity': mean |s r + t - 1 / D*| / (1 / D*), AbsRel in disparity space,
+    which is what the Depth Anything papers report (LiheYoung/Depth-Anything issue #174).
+    Returns the dict, or None when the image has no valid pixel.
     """
     r = disparity.detach().cpu().numpy() if torch.is_tensor(disparity) else np.asarray(disparity)
     g = gt.detach().cpu().numpy() if torch.is_tensor(gt) else np.asarray(gt)
@@ -95,8 +97,9 @@ def affine_invariant_metrics(disparity, gt, min_depth=MIN_DEPTH, max_depth=MAX_D
     r, g = r.astype(np.float64), g.astype(np.float64)
     design = np.stack([r[valid], np.ones(int(valid.sum()))], axis=1)  # (P, 2): s * r + t
     (s, t), *_ = np.linalg.lstsq(design, 1.0 / g[valid], rcond=None)
+    in_disparity = float(np.mean(np.abs(s * r[valid] + t - 1.0 / g[valid]) * g[valid]))  # |r' - 1/D*| / (1/D*)
     aligned = np.maximum(s * r + t, 1.0 / max_depth)  # disparity floor: no depth beyond max_depth
-    return compute_depth_metrics(1.0 / aligned, g, min_depth, max_depth)
+    return {**compute_depth_metrics(1.0 / aligned, g, min_depth, max_depth), "abs_rel_disparity": in_disparity}
 
 def reference_lookup(reference, uv):
     """Eq. (20), the ground truth at pixel coordinates uv (P, 2) of one view -> (P,) meters and a
@@ -179,7 +182,9 @@ def mean_metrics(rows):
     counts = {"num_images": sum(r.get("num_images", 1) for r in rows)}
     if all("num_pixels" in r for r in rows):
         counts["num_pixels"] = sum(r["num_pixels"] for r in rows)
-    return {**{k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS}, **counts}
+    keys = list(METRIC_KEYS) + [k for k in rows[0] if k not in METRIC_KEYS and k not in counts
+                                and all(k in r for r in rows)]  # e.g. 'abs_rel_disparity'
+    return {**{k: float(np.mean([r[k] for r in rows])) for k in keys}, **counts}
 
 
 def _scored(pred, gt, depth_range, median_scaling):

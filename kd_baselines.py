@@ -4,6 +4,8 @@ They are baselines, not the method (whose losses are all in `losses.py`), and ar
 - `aligned_teacher_depth`, `response_kd`  Eq. (21) response KD on the metric-aligned teacher
 - `feature_kd`            Eq. (22)  feature KD (FitNets) through a 1x1 adapter
 - `lidar_neighbourhood`, `response_kd(..., lidar_radius=r)`  Eq. (23) response KD off the LiDAR pixels
+- `response_kd(..., self_align=True)`  Eq. (24) self-aligned response KD: on a view without LiDAR (an
+  unlabelled image) the teacher is aligned to the student's own detached depth
 - `BaselineConfig`, `baseline_objective`  the terms lambda_rkd L_rkd + lambda_fkd L_fkd that
   Eq. (17) gains when a baseline is switched on
 Shapes and units as in `losses.py`: (B, N, 1, H, W) depth maps in meters, bool masks.
@@ -57,7 +59,7 @@ def lidar_neighbourhood(mask, radius):
     return (F.max_pool2d(m, 2 * radius + 1, stride=1, padding=radius) > 0).reshape(mask.shape)
 
 
-def response_kd(pred, farness, target, mask, min_depth, max_depth, omega=None, lidar_radius=None):
+def response_kd(pred, farness, target, mask, min_depth, max_depth, omega=None, lidar_radius=None, self_align=False):
     """Response KD with an aligned teacher, Eq. (21): L_rkd = SILog(D_hat, D_T; Omega), or off the
     LiDAR pixels, Eq. (23): L_off = SILog(D_hat, D_T; Omega minus N_r(M)).
 
@@ -68,9 +70,17 @@ def response_kd(pred, farness, target, mask, min_depth, max_depth, omega=None, l
     baseline: the student copies the metric-aligned teacher, errors included.
     lidar_radius: None for Eq. (21); an int r >= 0 for Eq. (23): the LiDAR pixels and every pixel
     within r of one (`lidar_neighbourhood`) are left to L_si, so the teacher speaks only where the
-    ground truth is silent. The alignment of D_T still uses the LiDAR pixels. Returns a scalar.
+    ground truth is silent. The alignment of D_T still uses the LiDAR pixels.
+    self_align: Eq. (24): a view without a LiDAR fit (an unlabelled image) is aligned instead to the
+    student's own depth, detached: (alpha, beta) = argmin sum (alpha r_hat + beta - 1 / D_hat)^2 over its
+    pixels with s < 1 (the teacher's farthest class, sky, has no metric depth). The student then learns
+    the teacher's shape at its own scale, never a scale from it. Returns a scalar.
     """
     depth, fitted = aligned_teacher_depth(farness, target, mask, min_depth, max_depth)
+    if self_align:  # Eq. (24)
+        own = (farness < 1.0) if omega is None else (farness < 1.0) & omega
+        own_depth, own_fit = aligned_teacher_depth(farness, pred.detach(), own, min_depth, max_depth)
+        depth, fitted = torch.where(fitted, depth, own_depth), fitted | own_fit
     pixels = fitted.expand_as(pred) if omega is None else fitted.expand_as(pred) & omega
     if lidar_radius is not None:
         pixels = pixels & ~lidar_neighbourhood(mask, lidar_radius)  # Eq. (23)
@@ -101,6 +111,7 @@ class BaselineConfig:
 
     lambda_rkd: float = 0.0  # weight of response KD, Eq. (21); 0: off
     rkd_lidar_radius: int = None  # None: response KD on every pixel, Eq. (21); r >= 0: off N_r(M), Eq. (23)
+    rkd_self_align: bool = False  # views without LiDAR: the teacher aligned to the student's depth, Eq. (24)
     lambda_fkd: float = 0.0  # weight of feature KD, Eq. (22); 0: off
 
     @property
@@ -125,7 +136,7 @@ def baseline_objective(out, target, cfg, bcfg, farness=None, omega=None, teacher
         if bcfg.lambda_rkd > 0:
             s = full_resolution_farness(farness, target.shape[-2:])
             terms["rkd"] = response_kd(out["depth"].float(), s, target, mask, cfg.min_depth, cfg.max_depth,
-                                       omega, bcfg.rkd_lidar_radius)  # Eq. (21), or Eq. (23) off the LiDAR
+                                       omega, bcfg.rkd_lidar_radius, bcfg.rkd_self_align)  # Eqs. (21), (23), (24)
             loss = loss + bcfg.lambda_rkd * terms["rkd"]
         if bcfg.lambda_fkd > 0:
             terms["fkd"] = feature_kd(out["features"].float(), teacher_features, adapter)  # Eq. (22)

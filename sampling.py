@@ -1,7 +1,8 @@
 """The order of training: which items each step reads, and with which augmentation seed.
 
 Defines `StepSampler` (batches as a pure function of (seed, step), sliced per rank under
-torchrun, as DistributedSampler shards), `seed_of` (a seed from integer keys) and `SeededItems`
+torchrun, as DistributedSampler shards), `MixedSampler` (every batch a fixed number of labelled
+and of unlabelled samples, each from its own StepSampler), `seed_of` (a seed from integer keys) and `SeededItems`
 (a dataset read through the sampler's (seed, index) keys, so that the colour jitter of an item
 depends only on its place in the stream). Together they make `train.py --resume` exact: a
 resumed run, any DataLoader worker and any rank draw what the straight run draws.
@@ -44,6 +45,40 @@ class StepSampler(torch.utils.data.Sampler):
             # The item at position p is augmented with seed_of(seed, p): a resumed run, any worker
             # and any rank draw the same colour jitter for it; other positions (ranks, steps) draw others.
             yield [(seed_of(self.seed, p), i) for p, i in zip(self.positions(s), self.batch(s))]
+
+
+class MixedSampler(torch.utils.data.Sampler):
+    """Batches of labelled items followed by unlabelled ones, in a fixed ratio: the keys of
+    `labelled` (a StepSampler over the first items of a ConcatDataset) then those of `unlabelled`
+    (a StepSampler over the rest, its indices shifted by `offset`, the labelled set's length).
+    Each stream keeps its own permutation and augmentation seeds, so both stay pure functions of
+    (seed, step) and resuming stays exact."""
+
+    def __init__(self, labelled, unlabelled, offset):
+        self.labelled, self.unlabelled, self.offset = labelled, unlabelled, offset
+
+    def __len__(self):
+        return len(self.labelled)
+
+    def __iter__(self):
+        for ours, theirs in zip(self.labelled, self.unlabelled):
+            yield ours + [(seed, self.offset + index) for seed, index in theirs]
+
+
+UNLABELLED_STREAM = 1  # key beside the run's seed of the unlabelled stream's order: seed_of(seed, 1)
+
+
+def mixed_sampler(num_labelled, num_unlabelled, batch_size, unlabelled_batch, seed, start_step, total_steps,
+                  rank=0, world=1):
+    """The batch order of a run: a StepSampler over the labelled items alone, or, with unlabelled items
+    (num_unlabelled > 0), a MixedSampler of batch_size labelled + unlabelled_batch unlabelled items per step,
+    the unlabelled order drawn from seed_of(seed, UNLABELLED_STREAM)."""
+    labelled = StepSampler(num_labelled, batch_size, seed, start_step, total_steps, rank, world)
+    if num_unlabelled == 0 or unlabelled_batch == 0:
+        return labelled
+    unlabelled = StepSampler(num_unlabelled, unlabelled_batch, seed_of(seed, UNLABELLED_STREAM), start_step,
+                             total_steps, rank, world)
+    return MixedSampler(labelled, unlabelled, num_labelled)
 
 
 def seed_of(*keys):

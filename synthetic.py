@@ -47,6 +47,11 @@ NUM_OBJECTS = (10, 40)  # inclusive range of objects per world
 HAZE_DISTANCE = 120.0  # meters; colour tends to the horizon colour as exp(-t / HAZE_DISTANCE)
 SKY_TOP, SKY_HORIZON = np.array([0.35, 0.52, 0.85]), np.array([0.78, 0.85, 0.93])
 NOISE_SIGMA = 0.01  # sensor noise on the rendered images, in [0, 1] units
+# --- finite scenes (train.py --train-scenes N): a scene is one street the car drives along, seen in
+# FRAMES_PER_SCENE frames FRAME_SPACING meters apart, as nuScenes keyframes (2 Hz) follow each other.
+FRAMES_PER_SCENE = 4
+FRAME_SPACING = 4.0  # meters driven between two frames: about 30 km/h at 2 Hz
+SCENES_ID = 3  # part of the seed of scene worlds, beside SPLIT_IDS: they never repeat a world of the stream
 # The renderer's version: raise it whenever a change here alters what an item holds, so that a
 # render cache written by other code is never read (it lives in a folder named after it).
 RENDER_VERSION = 1
@@ -88,8 +93,9 @@ def value_noise(x, y, scale, seed):
     return top * (1 - fy) + bottom * fy
 
 
-def make_world(rng):
-    """A random street: the road layout and lists of boxes and vertical cylinders (meters)."""
+def make_world(rng, travel=0.0):
+    """A random street: the road layout and lists of boxes and vertical cylinders (meters).
+    travel: meters the ego car drives forward (+x) in this world; its lane stays clear of cars."""
     world = {"road_y": rng.uniform(1.0, 2.5), "road_half": rng.uniform(5.0, 7.5),
              "seed": int(rng.integers(1 << 30)), "boxes": [], "cylinders": []}
     elev, azim = np.radians(rng.uniform(30, 70)), rng.uniform(0, 2 * np.pi)
@@ -107,8 +113,8 @@ def make_world(rng):
     placed = []
     while len(placed) < n_cars:
         lane, x = lanes[int(rng.integers(4))], rng.uniform(-45, 45)
-        if abs(x) < CAR_LENGTH + 1 and abs(lane) < CAR_WIDTH + 0.5:
-            continue  # that is where the ego car is
+        if -(CAR_LENGTH + 1) < x < travel + CAR_LENGTH + 1 and abs(lane) < CAR_WIDTH + 0.5:
+            continue  # that is where the ego car is, or drives
         if any(abs(x - px) < 6.0 and lane == pl for px, pl in placed):
             continue  # keep cars in a lane apart
         placed.append((x, lane))
@@ -254,36 +260,40 @@ def shade(t, color, normal, dirs, world):
     return np.clip(rgb * fog + SKY_HORIZON * (1 - fog) * (fog > 0) + sky * (fog == 0), 0.0, 1.0)
 
 
-def lidar_points(world):
-    """A LiDAR sweep (LIDAR_BEAMS beams) into the world -> (P, 3) ego-frame hit points, meters."""
+def lidar_points(world, ego_x=0.0):
+    """A LiDAR sweep (LIDAR_BEAMS beams) into the world from the car at x = ego_x -> (P, 3) world-frame
+    hit points, meters (the world frame is the ego frame of the car at x = 0)."""
     elev = np.radians(np.linspace(*LIDAR_ELEV_DEG, LIDAR_BEAMS))
     azim = np.radians(np.arange(0.0, 360.0, LIDAR_AZIMUTH_STEP_DEG))
     el, az = np.meshgrid(elev, azim, indexing="ij")  # (beams, firings)
     dirs = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1).reshape(-1, 3)
-    t = cast(np.array(LIDAR_POS), dirs, world)[0]
+    origin = np.array(LIDAR_POS) + [ego_x, 0.0, 0.0]
+    t = cast(origin, dirs, world)[0]
     keep = t < LIDAR_MAX_RANGE
-    return np.array(LIDAR_POS) + t[keep, None] * dirs[keep]
+    return origin + t[keep, None] * dirs[keep]
 
 
-def render_sample(world, image_size, rng):
-    """Images (6, 3, H, W), dense depth (6, 1, H, W), sparse depth (6, 1, H, W), rig."""
+def render_sample(world, image_size, rng, ego_x=0.0):
+    """Images (6, 3, H, W), dense depth (6, 1, H, W), sparse depth (6, 1, H, W), rig, seen by the car
+    at x = ego_x meters along the street (cam_to_ego stays relative to the car)."""
     h, w = image_size
     intrinsics, cam_to_ego = camera_rig(image_size)
+    ego = np.array([ego_x, 0.0, 0.0])
     v, u = np.mgrid[0:h, 0:w]
     pix = np.stack([u + 0.5, v + 0.5, np.ones_like(u)], -1).reshape(-1, 3).astype(np.float64)  # pixel centers
     dirs = np.stack([pix @ np.linalg.inv(k).T @ pose[:3, :3].T  # z_cam = 1: t is z-depth
                      for k, pose in zip(intrinsics, cam_to_ego)])  # (6, H*W, 3) in ego
-    hits = [cast(pose[:3, 3], d, world) for pose, d in zip(cam_to_ego, dirs)]
+    hits = [cast(pose[:3, 3] + ego, d, world) for pose, d in zip(cam_to_ego, dirs)]
     t, color, normal = (np.concatenate(parts) for parts in zip(*hits))  # (6*H*W, ...)
     dirs = dirs.reshape(-1, 3)
     rgb = shade(t, color, normal, dirs, world) + rng.normal(0, NOISE_SIGMA, color.shape)
     images = np.clip(rgb, 0, 1).reshape(6, h, w, 3).transpose(0, 3, 1, 2)
     dense = np.where(t <= MAX_DEPTH, t, 0.0).reshape(6, 1, h, w)
     # Sparse ground truth: pixels where a LiDAR return lands and the camera sees it.
-    points = lidar_points(world)
+    points = lidar_points(world, ego_x)
     sparse = np.zeros_like(dense)
     for n, (k, pose) in enumerate(zip(intrinsics, cam_to_ego)):
-        p_cam = (points - pose[:3, 3]) @ pose[:3, :3]  # ego -> camera frame, (P, 3)
+        p_cam = (points - pose[:3, 3] - ego) @ pose[:3, :3]  # world -> camera frame, (P, 3)
         hits = render_sparse_depth(p_cam, k, h, w)
         seen = (hits > 0) & (np.abs(hits - dense[n, 0]) <= LIDAR_VISIBLE_TOL * dense[n, 0])
         sparse[n, 0][seen] = dense[n, 0][seen]
@@ -297,32 +307,71 @@ class SyntheticSurround(torch.utils.data.Dataset):
     seed: a global seed; length: items per split (default SPLIT_LENGTHS).
     cache_dir: None, or a folder where each rendered item is kept (`render_cache_path`) and read
     back instead of rendering it again: the rows of an ablation share their worlds.
+    scenes: None (every item a fresh world: the unlimited stream), or a number of finite scenes
+    (training only): item i is frame i % FRAMES_PER_SCENE of scene first_scene + i // FRAMES_PER_SCENE,
+    the car FRAME_SPACING m further along the street at each frame. Scene s is the same world
+    whatever `scenes` and `first_scene` (the 16 scenes of a seed are the first 16 of its 64).
+    labelled: False makes every item an unlabelled image: `depth` is all 0 (no LiDAR).
     Items: images (6, 3, H, W) in [0, 1]; depth, depth_dense (6, 1, H, W) meters, 0 = none;
     intrinsics (6, 3, 3); cam_to_ego (6, 4, 4); all float32 tensors, cameras as rig.CAMERAS.
+    `depth_dense` is what the world is: the emulated teacher and the benchmark's dense oracle read
+    it, a student never does (an unlabelled item keeps it for them).
     """
 
-    def __init__(self, split="train", image_size=DEFAULT_IMAGE_SIZE, seed=0, length=None, cache_dir=None):
+    def __init__(self, split="train", image_size=DEFAULT_IMAGE_SIZE, seed=0, length=None, cache_dir=None,
+                 scenes=None, first_scene=0, labelled=True):
         if split not in SPLIT_IDS:
             raise ValueError(f"synthetic split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
+        if scenes is not None and (split != "train" or scenes < 1 or first_scene < 0):
+            raise ValueError(f"finite scenes are a training set: split 'train', scenes >= 1, got {split!r}, {scenes}")
         self.split, self.image_size, self.seed = split, tuple(image_size), seed
-        self.length = SPLIT_LENGTHS[split] if length is None else length
+        self.scenes, self.first_scene, self.labelled = scenes, first_scene, labelled
+        if scenes is not None:
+            self.length = scenes * FRAMES_PER_SCENE
+        else:
+            self.length = SPLIT_LENGTHS[split] if length is None else length
         self.cache_dir = cache_dir
 
     def __len__(self):
         return self.length
 
+    def render(self, index):
+        """Item `index` as the renderer makes it -> images (6, 3, H, W), dense depth (6, 1, H, W) float32 and
+        the bool mask (6, 1, H, W) of the pixels with LiDAR ground truth."""
+        if self.scenes is None:
+            rng = np.random.default_rng([SPLIT_IDS[self.split], self.seed, index])
+            world, frame_rng, ego_x = make_world(rng), rng, 0.0
+        else:
+            scene, frame = self.first_scene + index // FRAMES_PER_SCENE, index % FRAMES_PER_SCENE
+            world = make_world(np.random.default_rng([SCENES_ID, self.seed, scene]),
+                               travel=(FRAMES_PER_SCENE - 1) * FRAME_SPACING)
+            frame_rng, ego_x = np.random.default_rng([SCENES_ID, self.seed, scene, frame]), frame * FRAME_SPACING
+        images, dense, sparse, _, _ = render_sample(world, self.image_size, frame_rng, ego_x)
+        return images.astype(np.float32), dense.astype(np.float32), sparse > 0
+
+    def cache_name(self, index):
+        """(split, file stem) of item `index` in the render cache: scene items are named by scene and frame."""
+        if self.scenes is None:
+            return self.split, index
+        scene, frame = self.first_scene + index // FRAMES_PER_SCENE, index % FRAMES_PER_SCENE
+        return "scenes", f"{scene}_{frame}"
+
     def __getitem__(self, index):
-        path = None if self.cache_dir is None else render_cache_path(self.cache_dir, self.split, self.seed,
-                                                                       self.image_size, index)
+        if not 0 <= index < self.length:
+            raise IndexError(f"item {index} of {self.length}")
+        path = None
+        if self.cache_dir is not None:
+            split, stem = self.cache_name(index)
+            path = render_cache_path(self.cache_dir, split, self.seed, self.image_size, stem)
         if path is not None and os.path.exists(path):
             images, dense, seen = read_rendered(path)
         else:
-            rng = np.random.default_rng([SPLIT_IDS[self.split], self.seed, index])
-            images, dense, sparse, _, _ = render_sample(make_world(rng), self.image_size, rng)
-            images, dense, seen = images.astype(np.float32), dense.astype(np.float32), sparse > 0
+            images, dense, seen = self.render(index)
             if path is not None:
                 with atomic_path(path) as tmp:  # a concurrent reader sees the whole file or none
                     np.savez(tmp, images=images, dense=dense, seen=np.packbits(seen))
+        if not self.labelled:
+            seen = np.zeros_like(seen)
         intrinsics, cam_to_ego = camera_rig(self.image_size)
         as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
         return {"images": as_tensor(images), "depth": as_tensor(np.where(seen, dense, 0.0)),
@@ -332,7 +381,8 @@ class SyntheticSurround(torch.utils.data.Dataset):
 
 def render_cache_path(root, split, seed, image_size, index):
     """Where item `index` of (split, seed) at image_size (H, W) is kept under a render cache `root`:
-    one .npz per item, in a folder named after everything the item depends on (RENDER_VERSION too)."""
+    one .npz per item, in a folder named after everything the item depends on (RENDER_VERSION too).
+    Finite scenes use split 'scenes' and index '<scene>_<frame>'."""
     h, w = image_size
     return os.path.join(root, f"v{RENDER_VERSION}", f"{split}_seed{seed}_{h}x{w}", f"{index}.npz")
 

@@ -31,16 +31,19 @@ import kd_baselines
 import losses
 from cache import DEFAULT_CACHE_ROOT, CachedTargets, cache_key, distillation_targets, find_cache, teacher_pass
 from cli import InputError, run_cli, write_text
-from data import DATASETS, DEFAULT_IMAGE_SIZE, batch_to_device, build_dataset, depth_range, split_name
+from data import DATASETS, DEFAULT_IMAGE_SIZE, batch_to_device, build_dataset, build_unlabelled, depth_range, split_name
 from evaluate import METRIC_KEYS, evaluate_model
 from model import ENCODER_CHANNELS, Student, StudentConfig, load_checkpoint, save_checkpoint
 from rig import ADJACENT_PAIRS
 from run_state import check_out, drop_log_after, rng_state, set_rng_state
-from sampling import SeededItems, StepSampler, seed_of
+from sampling import SeededItems, mixed_sampler, seed_of
 from teacher import build_teacher, default_teacher
 
 # Default training length per dataset: the synthetic demo takes ~5 minutes on 2 CPU cores.
 DEFAULT_STEPS = {"synthetic": 300, "nuscenes": 30000, "ddad": 30000}
+# Default training length with --train-scenes N: where the supervised baseline has plateaued on the
+# validation split (docs/EXPERIMENTS.md, section 6); numbers of scenes not listed take the next larger one's.
+SCENE_STEPS = {16: 300, 64: 300}
 # One-cycle schedule (Smith 2018, as AdaBins trains): warm up for this fraction of the steps
 # from max_lr / ONE_CYCLE_DIV to max_lr, then cosine down to max_lr / ONE_CYCLE_FINAL_DIV.
 ONE_CYCLE_WARMUP = 0.1
@@ -63,8 +66,22 @@ def get_args(argv=None):
     p.add_argument("--lidar-sweeps", type=int, default=1,
                    help="nuScenes: LiDAR sweeps accumulated for training ground truth")
     p.add_argument("--steps", type=int, default=None,
-                   help="optimizer steps (default: 300 synthetic, 30000 nuScenes and DDAD)")
-    p.add_argument("--batch-size", type=int, default=2, help="surround samples per step (each holds 6 views)")
+                   help="optimizer steps (default: 300 synthetic, 30000 nuScenes and DDAD; with --train-scenes N "
+                        "the regime's budget, SCENE_STEPS)")
+    p.add_argument("--batch-size", type=int, default=2,
+                   help="labelled surround samples per step (each holds 6 views)")
+    p.add_argument("--train-scenes", type=int, default=None, metavar="N",
+                   help="synthetic: the labelled training set is N finite scenes of a few frames each, the car "
+                        "driving along one street (default: an unlimited stream of fresh worlds)")
+    p.add_argument("--unlabelled-scenes", type=int, default=0, metavar="M",
+                   help="synthetic, with --train-scenes: M more scenes whose images are used without ground truth")
+    p.add_argument("--unlabelled-sweeps", type=int, default=0, metavar="K",
+                   help="nuScenes: K camera sweep frames per keyframe as unlabelled images")
+    p.add_argument("--unlabelled-ratio", type=float, default=1.0,
+                   help="unlabelled surround samples per labelled one in every batch (with unlabelled images)")
+    p.add_argument("--oracle-dense-gt", action="store_true",
+                   help="a benchmark oracle, not the method (synthetic): supervise with the dense ground truth "
+                        "on every training image, labelled or not, instead of the LiDAR")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate of the one-cycle schedule")
     p.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
     p.add_argument("--num-bins", type=int, default=64, help="K, the number of adaptive depth bins (Eqs. 2-7)")
@@ -106,6 +123,9 @@ def get_args(argv=None):
     p.add_argument("--rkd-off-lidar", type=int, default=None, metavar="R",
                    help="response KD only off the LiDAR pixels and their R-pixel neighbourhood (Eq. 23); "
                         "default: on every pixel (Eq. 21)")
+    p.add_argument("--rkd-self-align", action="store_true",
+                   help="response KD on views without LiDAR (unlabelled images): the teacher aligned to the "
+                        "student's own detached depth (Eq. 24); default: such views get no response KD")
     p.add_argument("--lambda-fkd", type=float, default=0.0,
                    help="weight of feature KD, FitNets (Eq. 22), a baseline; 0: off (needs the live teacher)")
     p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
@@ -135,13 +155,25 @@ def get_args(argv=None):
     if args.amp == "auto":
         args.amp = "bf16" if torch.device(args.device).type == "cuda" else "off"
     if args.steps is None and not args.resume:  # a resumed run keeps its own, unless given
-        args.steps = DEFAULT_STEPS[args.data]
+        args.steps = default_steps(args.data, args.train_scenes)
     if args.pretrained is None:
         args.pretrained = args.data != "synthetic"
     if args.ddad_masks is not None and args.data != "ddad":
         p.error("--ddad-masks needs --data ddad")
     if args.render_cache is not None and args.data != "synthetic":
         p.error("--render-cache needs --data synthetic")
+    if (args.train_scenes is not None or args.oracle_dense_gt) and args.data != "synthetic":
+        p.error("--train-scenes and --oracle-dense-gt need --data synthetic")
+    if args.train_scenes is not None and args.train_scenes < 1 or args.unlabelled_scenes < 0:
+        p.error("--train-scenes needs N >= 1, --unlabelled-scenes M >= 0")
+    if args.unlabelled_scenes > 0 and args.train_scenes is None:
+        p.error("--unlabelled-scenes needs --train-scenes (the unlabelled scenes follow the labelled ones)")
+    if args.unlabelled_sweeps < 0 or args.unlabelled_sweeps > 0 and args.data != "nuscenes":
+        p.error("--unlabelled-sweeps needs --data nuscenes and K >= 0")
+    if args.unlabelled_ratio < 0:
+        p.error("--unlabelled-ratio must be >= 0")
+    if args.rkd_self_align and args.lambda_rkd <= 0:
+        p.error("--rkd-self-align needs --lambda-rkd > 0")
     if args.teacher == "auto":
         args.teacher = default_teacher(args.data)
     args.image_size, args.vr_grid = list(args.image_size), list(args.vr_grid)
@@ -149,11 +181,47 @@ def get_args(argv=None):
         p.error("--rkd-off-lidar needs a radius >= 0 and --lambda-rkd > 0")
     if args.lambda_fkd > 0 and args.teacher_cache not in ("auto", "none"):
         p.error("--lambda-fkd needs the teacher's feature grid, which the teacher cache lacks; drop --teacher-cache")
+    if finite_or_mixed(args) and args.teacher_cache not in ("auto", "none"):
+        p.error("the teacher cache covers the plain training split; with --train-scenes or unlabelled images "
+                "drop --teacher-cache (the teacher runs live)")
     try:  # StudentConfig checks the decoder flags; report its message as a usage error
         StudentConfig(decoder_channels=args.decoder_channels, feature_level=args.feature_level)
     except ValueError as err:
         p.error(str(err))
     return args
+
+
+def finite_or_mixed(args):
+    """True when the training set is not the plain split the teacher cache covers: finite scenes or
+    unlabelled images (the teacher then runs live)."""
+    return args.train_scenes is not None or args.unlabelled_scenes > 0 or args.unlabelled_sweeps > 0
+
+
+def default_steps(data, train_scenes=None):
+    """The default --steps of a regime: DEFAULT_STEPS per dataset; with N finite scenes, SCENE_STEPS of the
+    smallest listed number >= N (the largest listed beyond them)."""
+    if train_scenes is None:
+        return DEFAULT_STEPS[data]
+    listed = sorted(SCENE_STEPS)
+    return SCENE_STEPS[next((n for n in listed if n >= train_scenes), listed[-1])]
+
+
+def unlabelled_batch(args):
+    """Unlabelled surround samples per step: round(--unlabelled-ratio x --batch-size), 0 without unlabelled images."""
+    if args.unlabelled_scenes == 0 and args.unlabelled_sweeps == 0:
+        return 0
+    return int(round(args.unlabelled_ratio * args.batch_size))
+
+
+def unlabelled_set(args):
+    """The unlabelled images of the run (the scenes after the labelled ones, or nuScenes' camera sweeps),
+    or None."""
+    if unlabelled_batch(args) == 0:
+        return None
+    return build_unlabelled(args.data, split_name(args.data, args.version, "train"), image_size=args.image_size,
+                            dataroot=args.dataroot, version=args.version, seed=args.seed,
+                            scenes=args.unlabelled_scenes, first_scene=args.train_scenes or 0,
+                            sweeps=args.unlabelled_sweeps, cache_dir=args.render_cache)
 
 
 def train_options(args):
@@ -163,7 +231,7 @@ def train_options(args):
         return {"lidar_sweeps": args.lidar_sweeps, "augment": True}
     if args.data == "ddad":
         return {"masks": args.ddad_masks}
-    return {"cache_dir": args.render_cache}
+    return {"cache_dir": args.render_cache, "scenes": args.train_scenes}
 
 
 def one_cycle_lr(step, total_steps, max_lr):
@@ -189,7 +257,7 @@ def loss_config(args):
 def baseline_config(args):
     """The weights of the existing-KD baselines (Eqs. 21-23) -> kd_baselines.BaselineConfig."""
     return kd_baselines.BaselineConfig(lambda_rkd=args.lambda_rkd, rkd_lidar_radius=args.rkd_off_lidar,
-                                       lambda_fkd=args.lambda_fkd)
+                                       rkd_self_align=args.rkd_self_align, lambda_fkd=args.lambda_fkd)
 
 
 def distribute(model, device, world):
@@ -290,7 +358,7 @@ def main(argv=None):
     objective_cfg, baseline_cfg = loss_config(args), baseline_config(args)
     needs_targets = args.lambda_ckd > 0 or args.lambda_vr > 0 or args.lambda_rkd > 0  # Eq. (6) and (12) targets
     cache = None
-    if needs_targets and args.lambda_fkd == 0 and args.teacher_cache != "none":
+    if needs_targets and args.lambda_fkd == 0 and args.teacher_cache != "none" and not finite_or_mixed(args):
         cache = find_cache(DEFAULT_CACHE_ROOT, cache_key(args)) if args.teacher_cache == "auto" else args.teacher_cache
     teacher = None
     if (needs_targets and cache is None) or args.lambda_fkd > 0:
@@ -336,7 +404,12 @@ def main(argv=None):
             print(f"teacher cache: using {cache} (its first {len(train_set)} items; --teacher-cache none: "
                   "run the teacher instead)", file=sys.stderr)
 
-    sampler = StepSampler(len(train_set), args.batch_size, args.seed, step, args.steps, rank, world)
+    unlabelled = unlabelled_set(args)  # images without ground truth: only the teacher's terms act on them
+    num_labelled = len(train_set)
+    if unlabelled is not None:
+        train_set = torch.utils.data.ConcatDataset([train_set, unlabelled])
+    sampler = mixed_sampler(num_labelled, len(train_set) - num_labelled, args.batch_size, unlabelled_batch(args),
+                            args.seed, step, args.steps, rank, world)
     workers_seed = torch.Generator().manual_seed(seed_of(args.seed, step, rank))  # not drawn from the global one
     loader = torch.utils.data.DataLoader(SeededItems(train_set), batch_sampler=sampler, num_workers=args.workers,
                                          pin_memory=device.type == "cuda", persistent_workers=args.workers > 0,
@@ -350,6 +423,8 @@ def main(argv=None):
     for batch in bar:
         # Data and teacher targets (from the cache, or one frozen teacher pass).
         batch = batch_to_device(batch, device)  # uint8 images become float in [0, 1] here
+        if args.oracle_dense_gt:  # the benchmark's oracle: dense ground truth on every image, not the method
+            batch["depth"] = batch["depth_dense"]
         farness, tokens = batch.pop("teacher_farness", None), batch.pop("teacher_similarity", None)
         passed = None if teacher is None else teacher_pass(teacher, batch)  # one frozen pass per step
         if cache is None and needs_targets:

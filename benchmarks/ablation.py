@@ -79,9 +79,14 @@ FIGURE_SETTINGS = ("baseline", "CKD + VRKD")  # the rows bev.png compares, besid
 FIGURE_SAMPLE = 0  # index of the synthetic test sample drawn in bev.png
 
 
+def slug(name):
+    """A row or regime name as a folder name: 'CKD + VRKD, perfect teacher' -> 'CKDplus_VRKD_perfectteacher'."""
+    return name.replace(" ", "").replace("+", "plus_").replace(",", "_")
+
+
 def run_folder(name, seed, root):
     """The folder of one (setting, seed) run: checkpoint.pt, test.json (or val.json), the training logs."""
-    return os.path.join(root, f"{name.replace(' ', '').replace('+', 'plus_').replace(',', '_')}_seed{seed}")
+    return os.path.join(root, f"{slug(name)}_seed{seed}")
 
 
 _SPLITS = {}  # (split, image size) -> the rendered synthetic split, shared by every run
@@ -97,16 +102,18 @@ def synthetic_split(split, image_size, render_cache=None):
     return _SPLITS[key]
 
 
-def expected_args(name, steps, seed, amp="off"):
-    """The train.py args a (setting, seed) run must have saved, as plain JSON values."""
-    args = vars(train.get_args(SETTINGS[name] + ["--steps", str(steps), "--seed", str(seed), "--amp", amp]))
+def expected_args(name, steps, seed, amp="off", flags=None):
+    """The train.py args a (setting, seed) run must have saved, as plain JSON values; `flags`: the
+    setting's train.py flags (default SETTINGS[name])."""
+    flags = SETTINGS[name] if flags is None else flags
+    args = vars(train.get_args(flags + ["--steps", str(steps), "--seed", str(seed), "--amp", amp]))
     return json.loads(json.dumps(args))
 
 
-def check_args(saved, name, steps, seed, where, amp="off"):
+def check_args(saved, name, steps, seed, where, amp="off", flags=None):
     """Raise InputError unless every flag outside RUN_LOCAL of the run's saved args equals the
     setting's (a run trained before a flag existed lacks it, and does not match)."""
-    want, have = expected_args(name, steps, seed, amp), json.loads(json.dumps(saved))
+    want, have = expected_args(name, steps, seed, amp, flags), json.loads(json.dumps(saved))
     differ = sorted(k for k in set(want) | set(have) if k not in RUN_LOCAL and want.get(k) != have.get(k))
     if differ:
         shown = ", ".join(f"--{k.replace('_', '-')} {have.get(k)!r} (setting: {want.get(k)!r})" for k in differ[:4])
@@ -114,33 +121,36 @@ def check_args(saved, name, steps, seed, where, amp="off"):
                          f"to re-train it")
 
 
-def run_one(name, seed, args):
+def run_one(name, seed, args, flags=None):
     """Train (unless a checkpoint of all its steps is there) and evaluate (unless done, Eq. (20)
-    included) one (setting, seed) -> the results dict of evaluate. Its saved args must match."""
+    included) one (setting, seed) -> the results dict of evaluate. Its saved args must match.
+    flags: the setting's train.py flags (default SETTINGS[name])."""
+    flags = SETTINGS[name] if flags is None else flags
     out = run_folder(name, seed, args.out)
     result_path, ckpt_path = os.path.join(out, f"{args.split}.json"), os.path.join(out, "checkpoint.pt")
     done = os.path.exists(ckpt_path) and torch.load(ckpt_path, weights_only=False)["step"] >= args.steps
     if not os.path.exists(result_path) and not done:
-        flags = SETTINGS[name] + ["--steps", str(args.steps), "--seed", str(seed), "--val-every", str(args.steps),
-                                  "--teacher-cache", "none", "--out", out,  # the live teacher: exact targets
-                                  "--device", args.device, "--amp", args.amp]
-        flags += [] if args.render_cache is None else ["--render-cache", args.render_cache]
+        command = flags + ["--steps", str(args.steps), "--seed", str(seed), "--val-every", str(args.steps),
+                           "--teacher-cache", "none", "--out", out,  # the live teacher: exact targets
+                           "--device", args.device, "--amp", args.amp]
+        command += [] if args.render_cache is None else ["--render-cache", args.render_cache]
         if os.path.exists(ckpt_path):  # a run stopped part-way: continue it (train.py checks its flags)
-            flags.append("--resume")
+            command.append("--resume")
         else:  # killed before its checkpoint (the only one is at the last step): its log is all there is
             for stale in ("metrics.jsonl", "args.json"):
                 if os.path.exists(os.path.join(out, stale)):
                     os.remove(os.path.join(out, stale))
-        train.main(flags)
+        train.main(command)
     model, ckpt = load_checkpoint(ckpt_path)  # loaded once: checked, then scored
-    check_args(ckpt.get("args", {}), name, args.steps, seed, out, args.amp)
+    check_args(ckpt.get("args", {}), name, args.steps, seed, out, args.amp, flags)
     if os.path.exists(result_path):
         with open(result_path) as f:
             results = json.load(f)
         if "cross_view" in results:
             return results
     scored = synthetic_split(args.split, model.cfg.image_size, args.render_cache)
-    results = evaluate.evaluate_model(model, scored, torch.device("cpu"), progress=False)
+    device = torch.device(args.device)  # the forward on the training device; the metrics in numpy
+    results = evaluate.evaluate_model(model.to(device), scored, device, progress=False)
     with atomic_path(result_path) as tmp, open(tmp, "w") as f:  # test.json (val.json) marks a finished run
         json.dump(results, f)
     return results
@@ -353,7 +363,7 @@ def ablation(argv=None):
     p.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
                    help="train and evaluate the missing runs (--no-train: tabulate the finished ones only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="torch device of the training (evaluation runs on the CPU)")
+                   help="torch device of the training and of the evaluation forward")
     p.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
                    help="autocast of the training; off (fp32, TF32 off) makes CPU and CUDA runs comparable")
     p.add_argument("--jobs", type=int, default=1,

@@ -79,8 +79,9 @@ def teacher_zero_shot(argv=None):
     dataset = build_dataset("synthetic", args.split)
     results = teacher_error(build_teacher(args.teacher), (dataset[i] for i in range(len(dataset))))
     for kind, m in results.items():
+        in_disparity = f"  AbsRel in disparity space {m['abs_rel_disparity']:.4f}" if "abs_rel_disparity" in m else ""
         print(f"{args.teacher} {args.split} ({len(dataset)} samples), {kind} (vs dense if lidar_aligned): "
-              f"AbsRel {m['abs_rel']:.4f}  RMSE {m['rmse']:.3f}  delta1 {m['a1']:.4f}")
+              f"AbsRel {m['abs_rel']:.4f}  RMSE {m['rmse']:.3f}  delta1 {m['a1']:.4f}{in_disparity}")
     usage = teacher_bin_usage(build_teacher(args.teacher), (dataset[i] for i in range(len(dataset))), args.num_bins)
     for mode, u in usage.items():
         print(f"Eq. (6) {mode:>6}: pixels beyond {FAR_RANGE:g} m ({100 * u['far_share']:.1f} %) fill "

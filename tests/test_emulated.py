@@ -122,6 +122,9 @@ def test_affine_invariant_metrics_by_hand():
     m = affine_invariant_metrics(np.array([[0.0, 1.0, 1.0, 7.0]]), gt)
     assert m["abs_rel"] == pytest.approx(2.0 / 9.0)
     assert m["a1"] == pytest.approx(1.0 / 3.0)  # ratios 1, 4/3, 3/2: only the first < 1.25
+    # In disparity space (the Depth Anything papers' AbsRel): |(1, 0.75, 0.75) - (1, 1, 0.5)| / (1, 1, 0.5)
+    # = (0, 1/4, 1/2), mean 1/4.
+    assert m["abs_rel_disparity"] == pytest.approx(0.25)
     assert affine_invariant_metrics(np.ones((2, 2)), np.zeros((2, 2))) is None
 
 
