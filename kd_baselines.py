@@ -19,6 +19,10 @@ from losses import full_resolution_farness, silog, valid_mask
 
 # Eq. (21): a view's alignment exists when var(r_hat) over its LiDAR pixels exceeds this (r_hat in [0, 1]).
 FIT_MIN_DET = 1e-8
+# Eq. (21), teacher_pixels="unclipped": s within this of 0 or 1 counts as clipped by Eq. (6)'s percentiles
+# (half a level of the teacher cache's 8-bit s, cache.FARNESS_LEVELS = 255).
+CLIPPED_EPS = 0.5 / 255
+TEACHER_PIXELS = ("all", "unclipped")  # the pixels response KD reads the teacher on (Eq. 21)
 
 
 def aligned_teacher_depth(farness, target, mask, min_depth, max_depth):
@@ -59,7 +63,8 @@ def lidar_neighbourhood(mask, radius):
     return (F.max_pool2d(m, 2 * radius + 1, stride=1, padding=radius) > 0).reshape(mask.shape)
 
 
-def response_kd(pred, farness, target, mask, min_depth, max_depth, omega=None, lidar_radius=None, self_align=False):
+def response_kd(pred, farness, target, mask, min_depth, max_depth, omega=None, lidar_radius=None, self_align=False,
+                teacher_pixels="all"):
     """Response KD with an aligned teacher, Eq. (21): L_rkd = SILog(D_hat, D_T; Omega), or off the
     LiDAR pixels, Eq. (23): L_off = SILog(D_hat, D_T; Omega minus N_r(M)).
 
@@ -74,7 +79,10 @@ def response_kd(pred, farness, target, mask, min_depth, max_depth, omega=None, l
     self_align: Eq. (24): a view without a LiDAR fit (an unlabelled image) is aligned instead to the
     student's own depth, detached: (alpha, beta) = argmin sum (alpha r_hat + beta - 1 / D_hat)^2 over its
     pixels with s < 1 (the teacher's farthest class, sky, has no metric depth). The student then learns
-    the teacher's shape at its own scale, never a scale from it. Returns a scalar.
+    the teacher's shape at its own scale, never a scale from it.
+    teacher_pixels: "all" (every pixel of a fitted view) or "unclipped": only pixels with 0 < s < 1, where
+    Eq. (6) did not clip r_hat; the clipped ones (the sky and the 2 % farthest, the 2 % nearest) carry
+    no depth of their own, and D_T puts the sky at the clamp d_max. Returns a scalar.
     """
     depth, fitted = aligned_teacher_depth(farness, target, mask, min_depth, max_depth)
     if self_align:  # Eq. (24)
@@ -84,6 +92,10 @@ def response_kd(pred, farness, target, mask, min_depth, max_depth, omega=None, l
     pixels = fitted.expand_as(pred) if omega is None else fitted.expand_as(pred) & omega
     if lidar_radius is not None:
         pixels = pixels & ~lidar_neighbourhood(mask, lidar_radius)  # Eq. (23)
+    if teacher_pixels == "unclipped":
+        pixels = pixels & (farness > CLIPPED_EPS) & (farness < 1.0 - CLIPPED_EPS)
+    elif teacher_pixels != "all":
+        raise ValueError(f"teacher_pixels must be one of {TEACHER_PIXELS}, got {teacher_pixels!r}")
     return silog(pred, depth, pixels)
 
 
@@ -112,6 +124,7 @@ class BaselineConfig:
     lambda_rkd: float = 0.0  # weight of response KD, Eq. (21); 0: off
     rkd_lidar_radius: int = None  # None: response KD on every pixel, Eq. (21); r >= 0: off N_r(M), Eq. (23)
     rkd_self_align: bool = False  # views without LiDAR: the teacher aligned to the student's depth, Eq. (24)
+    rkd_teacher_pixels: str = "all"  # "unclipped": only pixels where Eq. (6) did not clip the teacher
     lambda_fkd: float = 0.0  # weight of feature KD, Eq. (22); 0: off
 
     @property
@@ -136,7 +149,8 @@ def baseline_objective(out, target, cfg, bcfg, farness=None, omega=None, teacher
         if bcfg.lambda_rkd > 0:
             s = full_resolution_farness(farness, target.shape[-2:])
             terms["rkd"] = response_kd(out["depth"].float(), s, target, mask, cfg.min_depth, cfg.max_depth,
-                                       omega, bcfg.rkd_lidar_radius, bcfg.rkd_self_align)  # Eqs. (21), (23), (24)
+                                       omega, bcfg.rkd_lidar_radius, bcfg.rkd_self_align,
+                                       bcfg.rkd_teacher_pixels)  # Eqs. (21), (23), (24)
             loss = loss + bcfg.lambda_rkd * terms["rkd"]
         if bcfg.lambda_fkd > 0:
             terms["fkd"] = feature_kd(out["features"].float(), teacher_features, adapter)  # Eq. (22)

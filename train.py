@@ -113,6 +113,9 @@ def get_args(argv=None):
     p.add_argument("--lambda-ckd", type=float, default=0.1,
                    help="weight of L_CKD (Eq. 17); 0 turns CKD off (0.1: see the README's ablation)")
     p.add_argument("--lambda-cross", type=float, default=1.0, help="lambda_x, weight of L_cross inside L_CKD (Eq. 11)")
+    p.add_argument("--ckd-centers", default="shared", choices=["shared", "cross"],
+                   help="with CKD, what trains the bin centers: every loss (shared), or L_cross alone (cross: "
+                        "L_si of Eq. 15 reads them without gradient, so each bin keeps the teacher's meaning)")
     p.add_argument("--tau", type=float, default=1.0, help="temperature of the bin KD (Eq. 10)")
     p.add_argument("--sigma", type=float, default=None, help="width of the teacher's soft bins (Eq. 7; default 1/K)")
     p.add_argument("--teacher-norm", default="affine", choices=losses.FARNESS_MODES,
@@ -126,6 +129,9 @@ def get_args(argv=None):
     p.add_argument("--rkd-self-align", action="store_true",
                    help="response KD on views without LiDAR (unlabelled images): the teacher aligned to the "
                         "student's own detached depth (Eq. 24); default: such views get no response KD")
+    p.add_argument("--rkd-teacher-pixels", default="all", choices=kd_baselines.TEACHER_PIXELS,
+                   help="pixels response KD reads the teacher on (Eq. 21): all, or unclipped (0 < s < 1: not the "
+                        "sky, not the pixels Eq. 6 clips)")
     p.add_argument("--lambda-fkd", type=float, default=0.0,
                    help="weight of feature KD, FitNets (Eq. 22), a baseline; 0: off (needs the live teacher)")
     p.add_argument("--vr-strip", type=float, default=0.25, help="border strip width ratio rho (Eq. 12)")
@@ -257,7 +263,8 @@ def loss_config(args):
 def baseline_config(args):
     """The weights of the existing-KD baselines (Eqs. 21-23) -> kd_baselines.BaselineConfig."""
     return kd_baselines.BaselineConfig(lambda_rkd=args.lambda_rkd, rkd_lidar_radius=args.rkd_off_lidar,
-                                       rkd_self_align=args.rkd_self_align, lambda_fkd=args.lambda_fkd)
+                                       rkd_self_align=args.rkd_self_align,
+                                       rkd_teacher_pixels=args.rkd_teacher_pixels, lambda_fkd=args.lambda_fkd)
 
 
 def distribute(model, device, world):
@@ -435,7 +442,7 @@ def main(argv=None):
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):  # the forward only
-            out = net(batch["images"])
+            out = net(batch["images"], detach_centers=args.ckd_centers == "cross" and args.lambda_ckd > 0)
         loss, terms = losses.objective(out, batch["depth"], objective_cfg, farness, tokens,  # Eq. (17), fp32
                                        batch.get("omega"))  # omega: DDAD's masks
         if baseline_cfg.active:  # the existing-KD baselines, Eqs. (21)-(23)

@@ -192,3 +192,39 @@ def test_regime_map_shares_the_labelled_baseline_and_pairs_the_goal_rows():
     assert regime.references("CKD + VRKD, perfect teacher") == ["baseline", "response KD, perfect teacher",
                                                                 "feature KD, perfect teacher"]
     assert regime.references("+CKD") == ["baseline"] and regime.references("baseline") == []
+
+
+def test_detached_centers_keep_the_depth_and_move_its_gradient_to_the_probabilities_alone():
+    from model import Student, StudentConfig
+    torch.manual_seed(0)
+    model = Student(StudentConfig(num_bins=8, image_size=(64, 96)))
+    images = torch.rand(1, 6, 3, 64, 96)
+    plain, cut = model(images), model(images, detach_centers=True)
+    torch.testing.assert_close(plain["depth"], cut["depth"])
+    grads = {}
+    for name, out in (("plain", plain), ("cut", cut)):
+        model.zero_grad()
+        out["depth"].mean().backward()
+        grads[name] = {n: None if p.grad is None else p.grad.abs().sum() for n, p in model.named_parameters()}
+    mlp = [n for n in grads["plain"] if n.startswith("bin_mlp")]
+    head = [n for n in grads["plain"] if n.startswith("logit_head")]
+    assert all(grads["plain"][n] > 0 for n in mlp) and all(grads["cut"][n] in (None, 0) for n in mlp)
+    assert all(grads["cut"][n] > 0 for n in head)
+    # The centers still carry their own gradient (L_cross of Eq. 9 trains them).
+    model.zero_grad()
+    model(images, detach_centers=True)["centers"].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in mlp)
+
+
+def test_response_kd_on_unclipped_teacher_pixels_by_hand():
+    # The exact-fit view of test_baselines: s = (0, 0.5, 1, 0.25), LiDAR on the first three, D_T = (4/3, 2, 4, 1.6).
+    # "unclipped" keeps 0 < s < 1: pixels 1 and 3. The student 2x the teacher on pixel 1, 3x on pixel 3,
+    # and wildly off on the clipped pixels 0 and 2, which must not count.
+    s, target = view([0.0, 0.5, 1.0, 0.25]), view([4 / 3, 2.0, 4.0, 0.0])
+    pred = view([4 / 3, 2.0, 4.0, 1.6]) * view([50.0, 2.0, 0.01, 3.0])
+    loss = kd_baselines.response_kd(pred, s, target, target > 0, 0.1, 80.0, teacher_pixels="unclipped")
+    g = torch.log(torch.tensor([2.0, 3.0]))
+    assert float(loss) == pytest.approx(10.0 * math.sqrt(float(g.pow(2).mean() - 0.85 * g.mean().pow(2))), rel=1e-5)
+    assert float(kd_baselines.response_kd(pred, s, target, target > 0, 0.1, 80.0)) > float(loss) + 1.0
+    with pytest.raises(ValueError):
+        kd_baselines.response_kd(pred, s, target, target > 0, 0.1, 80.0, teacher_pixels="some")
