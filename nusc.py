@@ -3,7 +3,8 @@
 Defines `NuScenesSurround` (keyframe samples as surround samples, the format of `data.py`), its
 splits (`NUSCENES_SPLITS`), image decoding (`decode_image`: JPEG draft mode; `resize_image`: uint8
 out), `render_points` (cached points -> D* at any size, also the native ground truth of
-`NuScenesSurround.native_depth`) and the training colour jitter. Projected LiDAR points are cached
+`NuScenesSurround.native_depth`) and the training colour jitter. `CameraFrames` (opening a split,
+the camera part of an item), `index_cameras` and `split_samples` serve `nusc_sweeps.py` too. Projected LiDAR points are cached
 compressed (`rig.encode_points`); a dataroot it cannot read ends in a one-line `cli.DatasetError`.
 Named `nusc.py`, not `nuscenes.py`, so that it never shadows the devkit's `nuscenes` package.
 """
@@ -44,16 +45,11 @@ def _index_sample(nusc, sample, lidar_sweeps):
     time -> global -> ego at the camera's time -> camera. Each camera has its own timestamp, so
     its own ego pose.
     """
-    record = {"token": sample["token"], "image_files": [], "image_sizes": [], "intrinsics": [],
-              "cam_to_ego": [], "cam_from_global": [], "sweeps": []}
-    for channel in CAMERAS:
-        cam = nusc.get("sample_data", sample["data"][channel])
+    cams = [nusc.get("sample_data", sample["data"][channel]) for channel in CAMERAS]
+    record = {"token": sample["token"], **index_cameras(nusc, cams), "cam_from_global": [], "sweeps": []}
+    for cam in cams:
         calib = nusc.get("calibrated_sensor", cam["calibrated_sensor_token"])
         ego = nusc.get("ego_pose", cam["ego_pose_token"])
-        record["image_files"].append(os.path.join(nusc.dataroot, cam["filename"]))
-        record["image_sizes"].append((cam["height"], cam["width"]))
-        record["intrinsics"].append(np.array(calib["camera_intrinsic"], dtype=np.float64))
-        record["cam_to_ego"].append(_pose(calib))
         # global -> ego at the camera's timestamp -> camera, (4, 4)
         record["cam_from_global"].append(_pose(calib, inverse=True) @ _pose(ego, inverse=True))
     # The keyframe sweep, then up to lidar_sweeps - 1 earlier (non-keyframe) sweeps via 'prev',
@@ -69,9 +65,19 @@ def _index_sample(nusc, sample, lidar_sweeps):
         if not sweep["prev"]:
             break  # the first sweep of the scene: fewer sweeps, as the devkit does
         sweep = nusc.get("sample_data", sweep["prev"])
-    for key in ("intrinsics", "cam_to_ego", "cam_from_global"):
-        record[key] = np.stack(record[key])  # (N, 3, 3) or (N, 4, 4)
+    record["cam_from_global"] = np.stack(record["cam_from_global"])  # (N, 4, 4)
     return record
+
+
+def index_cameras(nusc, cams):
+    """The camera part of an item from N camera sample_data records (keyframes or sweeps), each with
+    its own calibrated_sensor: image_files (N paths), image_sizes (N native (H0, W0)), intrinsics
+    (N, 3, 3) float64 pixels at the native size, cam_to_ego (N, 4, 4) float64 (camera -> ego, meters)."""
+    calibs = [nusc.get("calibrated_sensor", cam["calibrated_sensor_token"]) for cam in cams]
+    return {"image_files": [os.path.join(nusc.dataroot, cam["filename"]) for cam in cams],
+            "image_sizes": [(cam["height"], cam["width"]) for cam in cams],
+            "intrinsics": np.stack([np.array(calib["camera_intrinsic"], dtype=np.float64) for calib in calibs]),
+            "cam_to_ego": np.stack([_pose(calib) for calib in calibs])}
 
 
 def _project_sweeps(record, dataroot):
@@ -140,7 +146,77 @@ def render_points(uvz, k_native, k, height, width, min_z=MIN_DEPTH):
     return render_sparse_depth(unproject_pixels(uvz, k_native), k, height, width, min_z)
 
 
-class NuScenesSurround(torch.utils.data.Dataset):
+class CameraFrames(torch.utils.data.Dataset):
+    """What the nuScenes datasets share: opening a split's tables (one-line errors), and the camera part
+    of an item, decoded, resized and jittered (`NuScenesSurround` adds the LiDAR depth;
+    `nusc_sweeps.NuScenesSweeps` has none)."""
+
+    def open_split(self, dataroot, version, split, image_size, augment):
+        """Check the arguments, keep dataroot, image_size (H, W) and augment, and load the devkit tables
+        -> (NuScenes object, the split's scene names, the tables folder). A bad argument, folder or
+        table is a one-line DatasetError."""
+        if version not in NUSCENES_SPLITS:
+            raise DatasetError(f"unsupported nuScenes version {version!r}: use one of "
+                               f"{', '.join(NUSCENES_SPLITS)}")
+        if split not in NUSCENES_SPLITS[version]:
+            fits = [v for v, splits in NUSCENES_SPLITS.items() if split in splits]
+            hint = f" (split {split!r} belongs to {fits[0]})" if fits else ""
+            raise DatasetError(f"split {split!r} does not fit nuScenes {version}: use one of "
+                               f"{', '.join(NUSCENES_SPLITS[version])}{hint}")
+        if augment and split not in NUSCENES_TRAIN_SPLITS:
+            raise DatasetError(f"augment=True on split {split!r}: colour jitter is for training "
+                               f"splits only ({', '.join(NUSCENES_TRAIN_SPLITS)})")
+        if dataroot is None or not os.path.isdir(dataroot):
+            raise DatasetError(f"nuScenes dataroot {dataroot} not found: pass the folder that "
+                               f"holds {version}/, samples/, sweeps/ and maps/ as dataroot")
+        table_dir = os.path.join(dataroot, version)
+        if not os.path.isdir(table_dir):
+            found = sorted(v for v in NUSCENES_SPLITS if os.path.isdir(os.path.join(dataroot, v)))
+            raise DatasetError(f"nuScenes tables {table_dir} not found: extract the {version} "
+                               f"metadata archive into {dataroot}, or pass a version it has "
+                               f"({', '.join(found) or 'none'})")
+        from nuscenes.nuscenes import NuScenes  # devkit: heavy (matplotlib, cv2), imported on use
+        from nuscenes.utils.splits import create_splits_scenes
+
+        try:
+            nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
+        except (AssertionError, OSError, KeyError, ValueError) as error:  # bad JSON: ValueError
+            message = str(error).replace("\n", " ")
+            raise DatasetError(f"nuScenes tables in {table_dir} do not load ({message}): "
+                               f"re-extract the {version} metadata archive") from None
+        self.dataroot, self.image_size, self.augment = dataroot, tuple(image_size), augment
+        if augment:
+            from torchvision.transforms import ColorJitter
+
+            self.jitter = ColorJitter(**COLOR_JITTER)
+        return nusc, set(create_splits_scenes()[split]), table_dir
+
+    def _load_image(self, path, native_size):
+        """(3, H, W) uint8 of a camera JPEG at image_size (`decode_image`, then `resize_image`)."""
+        if not os.path.isfile(path):
+            raise DatasetError(f"missing camera image {path}: extract the nuScenes 'samples' and "
+                               f"'sweeps' archives into {self.dataroot}")
+        return resize_image(decode_image(path, native_size, self.image_size), self.image_size)
+
+    def cameras(self, record):
+        """The camera part of the item of an `index_cameras` record: images (N, 3, H, W) uint8 (colour
+        jittered per view when augmenting, then `images_teacher` holds them untouched), intrinsics
+        (N, 3, 3) float32 pixels at image_size, cam_to_ego (N, 4, 4) float32; with the intrinsics at
+        image_size as float64 (N, 3, 3), for rendering depth."""
+        height, width = self.image_size
+        images = [self._load_image(path, native) for path, native in zip(record["image_files"], record["image_sizes"])]
+        k = np.stack([scale_intrinsics(k_native, width / native[1], height / native[0])
+                      for k_native, native in zip(record["intrinsics"], record["image_sizes"])])  # (N, 3, 3)
+        item = {"images": torch.stack(images),  # (N, 3, H, W) uint8
+                "intrinsics": torch.from_numpy(k).float(),  # (N, 3, 3)
+                "cam_to_ego": torch.from_numpy(record["cam_to_ego"]).float()}  # (N, 4, 4)
+        if self.augment:
+            item["images_teacher"] = item["images"]
+            item["images"] = torch.stack([self.jitter(image) for image in images])  # per view
+        return item, k
+
+
+class NuScenesSurround(CameraFrames):
     """nuScenes keyframe samples as surround samples (format in the module docstring).
 
     dataroot: the nuScenes folder holding <version>/, samples/, sweeps/, maps/.
@@ -160,51 +236,15 @@ class NuScenesSurround(torch.utils.data.Dataset):
     def __init__(self, dataroot, version="v1.0-trainval", split="train",
                  image_size=NUSCENES_IMAGE_SIZE, min_z=MIN_DEPTH, lidar_sweeps=1, cache_dir=None,
                  augment=False):
-        if version not in NUSCENES_SPLITS:
-            raise DatasetError(f"unsupported nuScenes version {version!r}: use one of "
-                               f"{', '.join(NUSCENES_SPLITS)}")
-        if split not in NUSCENES_SPLITS[version]:
-            fits = [v for v, splits in NUSCENES_SPLITS.items() if split in splits]
-            hint = f" (split {split!r} belongs to {fits[0]})" if fits else ""
-            raise DatasetError(f"split {split!r} does not fit nuScenes {version}: use one of "
-                               f"{', '.join(NUSCENES_SPLITS[version])}{hint}")
-        if augment and split not in NUSCENES_TRAIN_SPLITS:
-            raise DatasetError(f"augment=True on split {split!r}: colour jitter is for training "
-                               f"splits only ({', '.join(NUSCENES_TRAIN_SPLITS)})")
         if lidar_sweeps < 1:
             raise DatasetError(f"lidar_sweeps={lidar_sweeps}: use 1 (the keyframe) or more")
-        if dataroot is None or not os.path.isdir(dataroot):
-            raise DatasetError(f"nuScenes dataroot {dataroot} not found: pass the folder that "
-                               f"holds {version}/, samples/, sweeps/ and maps/ as dataroot")
-        table_dir = os.path.join(dataroot, version)
-        if not os.path.isdir(table_dir):
-            found = sorted(v for v in NUSCENES_SPLITS if os.path.isdir(os.path.join(dataroot, v)))
-            raise DatasetError(f"nuScenes tables {table_dir} not found: extract the {version} "
-                               f"metadata archive into {dataroot}, or pass a version it has "
-                               f"({', '.join(found) or 'none'})")
-        from nuscenes.nuscenes import NuScenes  # devkit: heavy (matplotlib, cv2), imported on use
-        from nuscenes.utils.splits import create_splits_scenes
-
-        try:
-            nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
-        except (AssertionError, OSError, KeyError, ValueError) as error:  # bad JSON: ValueError
-            message = str(error).replace("\n", " ")
-            raise DatasetError(f"nuScenes tables in {table_dir} do not load ({message}): "
-                               f"re-extract the {version} metadata archive") from None
-        scene_names = set(create_splits_scenes()[split])
+        nusc, scene_names, table_dir = self.open_split(dataroot, version, split, image_size, augment)
         # Only the tables are kept, as plain arrays: no devkit object lives on in the dataset,
         # so DataLoader workers neither copy nor pickle the (multi-GB for trainval) tables.
-        self.samples = []
-        for scene in nusc.scene:
-            token = scene["first_sample_token"] if scene["name"] in scene_names else ""
-            while token:
-                sample = nusc.get("sample", token)
-                self.samples.append(_index_sample(nusc, sample, lidar_sweeps))
-                token = sample["next"]
+        self.samples = [_index_sample(nusc, sample, lidar_sweeps) for sample in split_samples(nusc, scene_names)]
         if not self.samples:
             raise DatasetError(f"no scene of split {split!r} in {table_dir}: check the version")
-        self.dataroot, self.image_size, self.min_z = dataroot, tuple(image_size), min_z
-        self.lidar_sweeps, self.augment = lidar_sweeps, augment
+        self.min_z, self.lidar_sweeps = min_z, lidar_sweeps
         cache_dir = cache_dir or os.path.join(dataroot, "fsmde_cache", version)
         self.cache_dir = os.path.join(cache_dir, f"sweeps{lidar_sweeps}")
         try:
@@ -212,10 +252,6 @@ class NuScenesSurround(torch.utils.data.Dataset):
         except OSError:
             raise DatasetError(f"cannot create the cache folder {self.cache_dir}: pass a writable "
                                f"cache_dir") from None
-        if augment:
-            from torchvision.transforms import ColorJitter
-
-            self.jitter = ColorJitter(**COLOR_JITTER)
 
     def __len__(self):
         return len(self.samples)
@@ -236,13 +272,6 @@ class NuScenesSurround(torch.utils.data.Dataset):
             np.savez_compressed(tmp, **arrays)
         return decode_points(arrays)  # what the next load reads: first and later loads agree
 
-    def _load_image(self, path, native_size):
-        """(3, H, W) uint8 of a camera JPEG at image_size (`decode_image`, then `resize_image`)."""
-        if not os.path.isfile(path):
-            raise DatasetError(f"missing camera image {path}: extract the nuScenes 'samples' "
-                               f"archives into {self.dataroot}")
-        return resize_image(decode_image(path, native_size, self.image_size), self.image_size)
-
     def native_depth(self, index):
         """Sparse ground truth D* of sample `index` at each camera's native resolution: a list of
         N float32 arrays (H0, W0), meters, 0 = no point; nearest point wins (the evaluation
@@ -253,21 +282,21 @@ class NuScenesSurround(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         record = self.samples[index]
-        height, width = self.image_size
-        images, depths, intrinsics = [], [], []
-        for n, (native, uvz) in enumerate(zip(record["image_sizes"], self.points(index))):
-            images.append(self._load_image(record["image_files"][n], native))
-            k_native = record["intrinsics"][n]
-            k = scale_intrinsics(k_native, width / native[1], height / native[0])  # (3, 3)
-            depths.append(render_points(uvz, k_native, k, height, width, self.min_z))
-            intrinsics.append(k)
-        item = {
-            "images": torch.stack(images),  # (N, 3, H, W) uint8
-            "depth": torch.from_numpy(np.stack(depths)[:, None]),  # (N, 1, H, W)
-            "intrinsics": torch.from_numpy(np.stack(intrinsics)).float(),  # (N, 3, 3)
-            "cam_to_ego": torch.from_numpy(record["cam_to_ego"]).float(),  # (N, 4, 4)
-        }
-        if self.augment:
-            item["images_teacher"] = item["images"]
-            item["images"] = torch.stack([self.jitter(image) for image in images])  # per view
-        return item
+        points = self.points(index)  # before the images: a missing LiDAR sweep is reported first
+        cameras, k = self.cameras(record)
+        depths = [render_points(uvz, k_native, k_n, *self.image_size, self.min_z)
+                  for uvz, k_native, k_n in zip(points, record["intrinsics"], k)]
+        return {"images": cameras.pop("images"),  # (N, 3, H, W) uint8
+                "depth": torch.from_numpy(np.stack(depths)[:, None]),  # (N, 1, H, W) float32 meters, 0 = none
+                **cameras}
+
+
+def split_samples(nusc, scene_names):
+    """The keyframe sample records of the scenes named `scene_names`, scene by scene (in the order of
+    the scene table), in time order within a scene ('next')."""
+    for scene in nusc.scene:
+        token = scene["first_sample_token"] if scene["name"] in scene_names else ""
+        while token:
+            sample = nusc.get("sample", token)
+            yield sample
+            token = sample["next"]
