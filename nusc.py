@@ -3,9 +3,10 @@
 Defines `NuScenesSurround` (keyframe samples as surround samples, the format of `data.py`), its
 splits (`NUSCENES_SPLITS`), image decoding (`decode_image`: JPEG draft mode; `resize_image`: uint8
 out), `render_points` (cached points -> D* at any size, also the native ground truth of
-`NuScenesSurround.native_depth`) and the training colour jitter. `CameraFrames` (opening a split,
-the camera part of an item), `index_cameras` and `split_samples` serve `nusc_sweeps.py` too. Projected LiDAR points are cached
-compressed (`rig.encode_points`); a dataroot it cannot read ends in a one-line `cli.DatasetError`.
+`NuScenesSurround.native_depth`) and the training colour jitter; `CameraFrames` (opening a split,
+the camera part of an item), `index_cameras` and `split_samples` serve `nusc_sweeps.py` too.
+Projected LiDAR points are cached compressed (`rig.encode_points`); a dataroot it cannot read ends
+in a one-line `cli.DatasetError`.
 Named `nusc.py`, not `nuscenes.py`, so that it never shadows the devkit's `nuscenes` package.
 """
 import os
