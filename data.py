@@ -1,10 +1,11 @@
 """The dataset factory: a dataset name and split -> a torch Dataset of surround samples.
 
-Defines `build_dataset`, `split_name` (which split plays train / val / test on each dataset),
-`depth_range` (the d_min, d_max of Eqs. (3) and (18) on each dataset), the default input
-size of each dataset, and `batch_to_device` (a batch on the device, images made float there).
-The loaders themselves live in `synthetic.py`, `nusc.py` and `ddad.py`; this file stands above
-them, so they never import it.
+Defines `build_dataset`, `build_unlabelled` (the images without ground truth added to a training
+split: synthetic scenes, nuScenes camera sweeps; DDAD has none), `split_name` (which split plays
+train / val / test on each dataset), `depth_range` (the d_min, d_max of Eqs. (3) and (18) on each
+dataset), the default input size of each dataset, and `batch_to_device` (a batch on the device,
+images made float there). The loaders themselves live in `synthetic.py`, `nusc.py`,
+`nusc_sweeps.py` and `ddad.py`; this file stands above them, so they never import it.
 
 Every dataset returns one surround sample per item, a dict of tensors:
     images      (N, 3, H, W), N = 6 cameras in the ring order of `rig.CAMERAS` (DDAD: CAMERA_01,
@@ -26,8 +27,10 @@ meters, the evaluation protocol's D*.
 """
 import torch
 
-from ddad import DDAD_DEPTH_RANGE, DDAD_IMAGE_SIZE, DDADSurround
+from cli import InputError
+from ddad import DDAD_DEPTH_RANGE, DDAD_IMAGE_SIZE, DDAD_RATE_HZ, DDADSurround
 from nusc import NUSCENES_IMAGE_SIZE, NUSCENES_SPLITS, NuScenesSurround
+from nusc_sweeps import NuScenesSweeps
 from rig import MAX_DEPTH, MIN_DEPTH
 from synthetic import DEFAULT_IMAGE_SIZE as SYNTHETIC_IMAGE_SIZE
 from synthetic import SyntheticSurround
@@ -76,13 +79,23 @@ def build_dataset(name, split, image_size=None, dataroot=None, version=None, see
 
 def build_unlabelled(name, split, image_size=None, dataroot=None, version=None, seed=0, scenes=0, first_scene=0,
                      sweeps=0, cache_dir=None):
-    """The unlabelled images of a training split: items as `build_dataset`'s, with `depth` all 0.
-    Synthetic: `scenes` finite scenes from scene `first_scene` on (SyntheticSurround, labelled=False)."""
+    """The unlabelled images of a training split: items as `build_dataset`'s training items, with `depth` all 0.
+    Synthetic: `scenes` finite scenes from scene `first_scene` on (SyntheticSurround, labelled=False).
+    nuScenes: `sweeps` camera sweep frames per keyframe sample (nusc_sweeps.NuScenesSweeps, colour jitter on,
+    as the training split). DDAD has none: an InputError says why."""
     size = {} if image_size is None else {"image_size": tuple(image_size)}
     if name == "synthetic":
         return SyntheticSurround(split=split, seed=seed, scenes=scenes, first_scene=first_scene, labelled=False,
                                  cache_dir=cache_dir, **size)
-    raise ValueError(f"no unlabelled images for dataset {name!r}")
+    if name == "nuscenes":
+        return NuScenesSweeps(dataroot, version=version or "v1.0-trainval", split=split, sweeps=sweeps, augment=True,
+                              **size)
+    if name == "ddad":
+        raise InputError(f"{dataroot or 'DDAD'}: DDAD has no unlabelled camera frames (train and val: the six "
+                         f"cameras and the LiDAR synchronised at {DDAD_RATE_HZ} Hz, every frame a sample with its "
+                         f"point cloud; the test archive: 3,080 single images with intrinsics only, the benchmark's) "
+                         f"; train on DDAD without unlabelled images")
+    raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)}")
 
 
 IMAGE_KEYS = ("images", "images_teacher")  # the image tensors of a sample (see the module docstring)

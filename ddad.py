@@ -31,6 +31,9 @@ from rig import (CACHE_SUBPIXEL, decode_points, encode_points, render_sparse_dep
 # the optical axes in the calibrations are about 3, -52, -124, 180, 124 and 53 degrees).
 DDAD_CAMERAS = ("CAMERA_01", "CAMERA_06", "CAMERA_08", "CAMERA_09", "CAMERA_07", "CAMERA_05")
 DDAD_LIDAR = "LIDAR"  # the merged point cloud of the four Luminar-H2 scanners, in the vehicle frame
+# The six cameras and the LiDAR are synchronised at 10 Hz (DDAD's README): every camera frame of train and
+# val is a sample with its point cloud, so DDAD has no unlabelled camera frames (data.build_unlabelled).
+DDAD_RATE_HZ = 10
 DDAD_INDEX = "ddad.json"
 # Split name -> its key in ddad.json's scene_splits (dgp's DatasetSplit enum: TRAIN 0, VAL 1).
 # The test split (2) has no ground truth.
