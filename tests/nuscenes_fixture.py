@@ -7,6 +7,13 @@
 - six 1600 x 900 JPEGs per sample (camera n has red level RED_LEVELS[n], so the tests can check
   the camera order) and one LIDAR_TOP .pcd.bin per sample (N x 5 float32), plus one earlier
   non-keyframe sweep before the second sample of TRAIN_SCENE, for lidar_sweeps=2;
+- camera sweeps in TRAIN_SCENE (non-keyframe camera sample_data, JPEGs under sweeps/CAM_*/, each
+  with its own ego pose), chained keyframe -> sweeps -> next keyframe per channel: CAMERA_SWEEP_US
+  after each keyframe, one of them dropped by one camera (DROPPED_SWEEP), one sweep only after the
+  last keyframe. Each camera keeps its keyframe's firing offset (up to +-CAMERA_DELAY_US), so the
+  cameras of one sweep frame are as far apart as those of their keyframe and the nearest sweep in
+  plain time is at times another frame's. Their calibrated_sensor records are their own, with
+  SWEEP_FOCAL_SCALE longer focal lengths and other mounting angles than the keyframes';
 - nuScenes-like calibration: cameras looking along their yaw at ~1.5 m, the LiDAR rotated by
   ~-90 deg about z (as LIDAR_TOP is), and ego poses that differ by a few cm and tenths of a
   degree between the LiDAR's and each camera's timestamp;
@@ -67,6 +74,16 @@ SCENE_ORIGIN = (400.0, 1100.0, 0.0)  # m, global position near which the scenes 
 LOCATION = "singapore-onenorth"
 KNOWN_INTENSITY = 50.0  # intensity of the KNOWN_POINTS (unused by the loader)
 SWEEP_BEFORE = (TRAIN_SCENE, 1)  # (scene, sample index) with an earlier non-keyframe sweep
+# Camera sweeps of TRAIN_SCENE. nuScenes' cameras run at 12 Hz and fire as the 20 Hz LiDAR crosses them:
+# 12 frames in 20 turns, so a camera's frames are 50 or 100 ms apart. After keyframe i each camera fires
+# again CAMERA_SWEEP_US[i] after its own keyframe time, within +-SWEEP_JITTER_US; the last keyframe of the
+# scene has one sweep after it.
+CAMERA_SWEEP_US = ((100_000, 200_000, 250_000), (100_000,))
+SWEEP_JITTER_US = 2_000
+DROPPED_SWEEP = (0, 1, "CAM_BACK")  # (keyframe, sweep, camera): a frame dropped, as nuScenes' cameras do at times
+SWEEP_FOCAL_SCALE = 1.01  # the sweeps' calibration: 1 % longer focal lengths, told apart from the keyframes'
+SWEEP_SEED = 7  # the sweeps draw from their own generator: the keyframe data are what they were without them
+CAMERAS_IN_ORDER = tuple(CAMERA_RIG)  # camera n of the fixture (RED_LEVELS[n])
 CHANNELS = (*CAMERA_RIG, "LIDAR_TOP")
 TABLES = ("attribute", "calibrated_sensor", "category", "ego_pose", "instance", "log", "map",
           "sample", "sample_annotation", "sample_data", "scene", "sensor", "visibility")
@@ -174,16 +191,18 @@ def add_static_tables(tables, root):
                           "filename": filename})
 
 
-def add_calibration(tables, scene_name, rng):
-    """One calibrated_sensor record per channel for the scene; returns channel -> record."""
+def add_calibration(tables, scene_name, rng, channels=CHANNELS, focal_scale=1.0):
+    """One calibrated_sensor record per channel for the scene; returns channel -> record.
+    focal_scale multiplies the cameras' focal lengths."""
     calib = {}
-    for channel in CHANNELS:
+    for channel in channels:
         if channel == "LIDAR_TOP":
             rotation, translation, intrinsic = LIDAR_ROTATION, LIDAR_TRANSLATION, []
         else:
             yaw, translation, focal, cx, cy = CAMERA_RIG[channel]
             pitch, roll = rng.uniform(-1.0, 1.0, size=2)  # mounting tolerance, deg
             rotation = Quaternion(matrix=camera_rotation(yaw, pitch, roll)).elements
+            focal = focal * focal_scale
             intrinsic = [[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]]
         calib[channel] = {"token": token("calibrated_sensor", scene_name, channel),
                           "sensor_token": token("sensor", channel),
@@ -235,8 +254,27 @@ def known_point_in_lidar(u, v, z, cam_calib, cam_pose, lidar_calib, lidar_pose):
     return (lidar_from_cam @ x_cam)[:3]
 
 
-def add_scene(tables, root, s, scene_name, rng, density=1, image_maker=None, quality=JPEG_QUALITY):
-    """Scene s: its log, calibration, samples, ego poses, images and sweeps (see `build_dataroot`)."""
+def add_camera_sweeps(tables, root, scene, i, n, key_t, sample_token, calib, rng, image_maker, quality):
+    """The sweeps of camera n after its keyframe of sample i, taken at key_t (us): their ego poses and
+    images; returns their sample_data records, in time. scene: (name, logfile, drive)."""
+    scene_name, logfile, drive = scene
+    channel, records = CAMERAS_IN_ORDER[n], []
+    for j, after in enumerate(CAMERA_SWEEP_US[i]):
+        if (i, j, channel) == DROPPED_SWEEP:
+            continue
+        t_us = key_t + after + int(rng.integers(-SWEEP_JITTER_US, SWEEP_JITTER_US + 1))
+        pose = add_ego_pose(tables, scene_name, channel, t_us, drive, rng,
+                            jitter_m=CAMERA_POSE_JITTER_M, jitter_deg=CAMERA_POSE_JITTER_DEG)
+        image = (image_maker or camera_image)(n, rng)
+        filename = write_file(root, f"sweeps/{channel}/{logfile}__{channel}__{t_us}.jpg",
+                              lambda path: image.save(path, quality=quality))
+        records.append(sample_data(scene_name, channel, sample_token, t_us, pose, calib, filename, False))
+    return records
+
+
+def add_scene(tables, root, s, scene_name, rng, density=1, image_maker=None, quality=JPEG_QUALITY, sweep_rng=None):
+    """Scene s: its log, calibration, samples, ego poses, images and sweeps (see `build_dataroot`);
+    camera sweeps too, drawn from sweep_rng, unless it is None."""
     logfile = f"n015-2018-07-2{s}-11-22-45+0800"
     log_token = token("log", scene_name)
     tables["log"].append({"token": log_token, "logfile": logfile, "vehicle": "n015",
@@ -248,6 +286,8 @@ def add_scene(tables, root, s, scene_name, rng, density=1, image_maker=None, qua
              rng.uniform(-np.pi, np.pi), start_us)  # origin (m), heading (rad), start time
     samples = [token("sample", scene_name, i) for i in range(SAMPLES_PER_SCENE)]
     chains = {channel: [] for channel in CHANNELS}  # sample_data records per channel, in time
+    if sweep_rng is not None:
+        sweep_calib = add_calibration(tables, scene_name + "/sweeps", sweep_rng, CAMERA_RIG, SWEEP_FOCAL_SCALE)
     for i, sample_token in enumerate(samples):
         t_us = start_us + i * SAMPLE_PERIOD_US
         tables["sample"].append({
@@ -272,6 +312,10 @@ def add_scene(tables, root, s, scene_name, rng, density=1, image_maker=None, qua
                                   lambda path: image.save(path, quality=quality))
             chains[channel].append(sample_data(scene_name, channel, sample_token, cam_t, pose,
                                                calib[channel], filename))
+            if sweep_rng is not None:  # a sweep's sample is the keyframe after it (the last one at the end)
+                chains[channel] += add_camera_sweeps(tables, root, (scene_name, logfile, drive), i, n, cam_t,
+                                                     samples[min(i + 1, SAMPLES_PER_SCENE - 1)],
+                                                     sweep_calib[channel], sweep_rng, image_maker, quality)
             for scene, index, known_channel, u, v, z in KNOWN_POINTS:
                 if (scene, index, known_channel) == (scene_name, i, channel):
                     xyz = known_point_in_lidar(u, v, z, calib[channel], pose,
@@ -311,11 +355,12 @@ def build_dataroot(root, seed=0, density=1, image_maker=None, quality=JPEG_QUALI
     density: LiDAR density (`lidar_scan`); image_maker(n, rng) -> the PIL image of camera n
     (default `camera_image`); quality: JPEG quality of the camera images.
     """
-    rng = np.random.default_rng(seed)
+    rng, sweep_rng = np.random.default_rng(seed), np.random.default_rng([seed, SWEEP_SEED])
     tables = {name: [] for name in TABLES}
     add_static_tables(tables, root)
     for s, scene_name in enumerate((TRAIN_SCENE, VAL_SCENE)):
-        add_scene(tables, root, s, scene_name, rng, density, image_maker, quality)
+        add_scene(tables, root, s, scene_name, rng, density, image_maker, quality,
+                  sweep_rng if scene_name == TRAIN_SCENE else None)
     os.makedirs(os.path.join(root, VERSION), exist_ok=True)
     for name, records in tables.items():
         with open(os.path.join(root, VERSION, name + ".json"), "w") as f:
