@@ -7,17 +7,18 @@ them) and `sweep_frames` (which sweeps make up the frames of one keyframe).
 A sweep is a camera sample_data record with is_key_frame False. Each camera channel chains its records
 in time ('prev', 'next'): keyframe -> sweep -> ... -> sweep -> next keyframe. The cameras run at 12 Hz
 and fire as the LIDAR_TOP (20 Hz) crosses their field of view, 12 frames spread over 20 LiDAR turns:
-a camera's frames are 50 or 100 ms apart, and within one turn the six cameras fire in a fixed order
-over ~40 ms. Frames of one keyframe, for the sweeps of each channel between its keyframe and its next:
+a camera's frames are 50 or 100 ms apart, and within one turn the six cameras fire one after another,
+up to a turn apart. Frames of one keyframe, from the sweeps of each channel between its keyframe and
+its next keyframe:
 1. the reference is the next CAM_FRONT sweep (in time order);
 2. every other camera takes the sweep of its channel nearest in time to the reference's timestamp
    shifted by that camera's firing offset from CAM_FRONT on the keyframe (the same LiDAR turn; the
-   unshifted nearest would take the previous turn's frame for a camera that fires ~35 ms after
-   CAM_FRONT when the previous frame is 50 ms earlier);
+   unshifted nearest would take the previous turn's frame of a camera firing more than 25 ms after
+   CAM_FRONT whenever its previous frame is 50 ms earlier);
 3. a camera whose nearest sweep is more than SYNC_TOLERANCE_US from that time dropped this frame (it
    happens in nuScenes): the reference is skipped and the next one tried.
 Frame j (1..K) is the j-th complete frame. A keyframe with fewer than K complete frames (the last of
-a scene may have no sweep after it; a sweep folder may have drops) gives none: every kept keyframe
+a scene may have no sweep after it; cameras drop frames at times) gives none: every kept keyframe
 gives exactly K frames, and the length is K x the number of kept keyframes.
 """
 import os
