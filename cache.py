@@ -46,6 +46,27 @@ def teacher_pass(teacher, batch):
     return farness, out["features"].unflatten(0, (b, n))  # (B, N, C, h, w)
 
 
+class TeacherMemo:
+    """The frozen teacher's passes of a finite training set, kept per item: `teacher_pass` for a batch whose
+    items (the `index` of `sampling.SeededItems`) were seen before reads them back instead of running the
+    teacher again. Exact, since a frozen teacher gives each item the same output whatever the batch; worth it
+    when a small set is seen for many epochs (synthetic finite scenes), on the device the targets live on."""
+
+    def __init__(self, teacher):
+        self.teacher, self.items = teacher, {}
+
+    def __call__(self, batch):
+        """`teacher_pass(teacher, batch)` -> (farness (B, N, 1, H, W), features (B, N, C, h, w))."""
+        keys = batch["index"].tolist()
+        todo = [i for i, key in enumerate(keys) if key not in self.items]
+        if todo:
+            sub = {k: v[todo] for k, v in batch.items() if k in ("images", "images_teacher", "depth_dense")}
+            farness, features = teacher_pass(self.teacher, sub)
+            for j, i in enumerate(todo):
+                self.items[keys[i]] = (farness[j], features[j])
+        return tuple(torch.stack([self.items[key][part] for key in keys]) for part in (0, 1))
+
+
 def distillation_targets(teacher, batch, strip, grid, passed=None):
     """What training needs from the teacher for a batch: the normalised farness s of Eq. (6),
     (B, N, 1, H, W), and the border tokens (left, right) of Eq. (12), each (B, N, L, C).

@@ -89,7 +89,8 @@ def seed_of(*keys):
 class SeededItems(torch.utils.data.Dataset):
     """`dataset` read through StepSampler's keys: item (seed, index) is dataset[index] drawn with
     torch's global generator seeded by `seed` (the colour jitter of nusc.py draws from it), and
-    the caller's random stream is left untouched, in the main process as in a worker."""
+    the caller's random stream is left untouched, in the main process as in a worker. Each item
+    also carries its `index` (an int64 tensor), which names it across epochs (cache.TeacherMemo)."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -101,4 +102,4 @@ class SeededItems(torch.utils.data.Dataset):
         seed, index = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.dataset[index]
+            return {**self.dataset[index], "index": torch.tensor(index)}

@@ -15,6 +15,7 @@ hold the StudentConfig, weights, optimizer and GradScaler states, random streams
 stream). A fresh run refuses an --out that holds a run (run_state.py).
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -29,7 +30,8 @@ from tqdm import tqdm
 
 import kd_baselines
 import losses
-from cache import DEFAULT_CACHE_ROOT, CachedTargets, cache_key, distillation_targets, find_cache, teacher_pass
+from cache import (DEFAULT_CACHE_ROOT, CachedTargets, TeacherMemo, cache_key, distillation_targets, find_cache,
+                   teacher_pass)
 from cli import InputError, run_cli, write_text
 from data import DATASETS, DEFAULT_IMAGE_SIZE, batch_to_device, build_dataset, build_unlabelled, depth_range, split_name
 from evaluate import METRIC_KEYS, evaluate_model
@@ -370,6 +372,8 @@ def main(argv=None):
     teacher = None
     if (needs_targets and cache is None) or args.lambda_fkd > 0:
         teacher = build_teacher(args.teacher, device=device)
+    # Finite synthetic scenes are seen for many epochs: each item's teacher pass is kept (exact).
+    run_teacher = TeacherMemo(teacher) if args.train_scenes is not None else functools.partial(teacher_pass, teacher)
     adapter = None
     if args.lambda_fkd > 0:  # student feature channels -> teacher channels; trained, dropped at inference
         adapter = torch.nn.Conv2d(args.decoder_channels[args.feature_level], teacher.feature_channels, 1).to(device)
@@ -433,7 +437,7 @@ def main(argv=None):
         if args.oracle_dense_gt:  # the benchmark's oracle: dense ground truth on every image, not the method
             batch["depth"] = batch["depth_dense"]
         farness, tokens = batch.pop("teacher_farness", None), batch.pop("teacher_similarity", None)
-        passed = None if teacher is None else teacher_pass(teacher, batch)  # one frozen pass per step
+        passed = None if teacher is None else run_teacher(batch)  # one frozen pass per step (or kept ones)
         if cache is None and needs_targets:
             farness, tokens = distillation_targets(teacher, batch, args.vr_strip, args.vr_grid, passed)
         features = None if adapter is None else passed[1]  # Eq. (22): the same pass's features

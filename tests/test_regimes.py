@@ -228,3 +228,25 @@ def test_response_kd_on_unclipped_teacher_pixels_by_hand():
     assert float(kd_baselines.response_kd(pred, s, target, target > 0, 0.1, 80.0)) > float(loss) + 1.0
     with pytest.raises(ValueError):
         kd_baselines.response_kd(pred, s, target, target > 0, 0.1, 80.0, teacher_pixels="some")
+
+
+def test_teacher_memo_returns_exactly_what_the_teacher_gives_and_runs_it_once_per_item():
+    from cache import TeacherMemo, teacher_pass
+    from teacher import build_teacher
+    teacher = build_teacher("emulated")
+    items = [scene(scenes=1)[i] for i in range(3)]
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def forward(self, images, depth_dense=None):
+            calls.append(images.shape[0])
+            return teacher(images, depth_dense)
+    memo = TeacherMemo(Counting())
+    batch = lambda ids: {**torch.utils.data.default_collate([items[i] for i in ids]),  # noqa: E731
+                         "index": torch.tensor(ids)}
+    first = memo(batch([0, 1]))
+    again = memo(batch([1, 2, 0]))
+    assert calls == [12, 6]  # 2 samples x 6 views, then only item 2's views
+    direct = teacher_pass(teacher, batch([1, 2, 0]))
+    assert all(torch.equal(a, b) for a, b in zip(again, direct))
+    assert torch.equal(first[0][1], again[0][0])
