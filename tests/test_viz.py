@@ -1,7 +1,7 @@
 """Tests of the pictures (viz.py): the colour map and its bar in meters, camera names on the tiles,
-the 'no ground truth' legend, the bird's-eye view's metre grid and scale, training curves and the
-interval chart. Figures are checked through their artists before rasterising, and through their
-pixels after."""
+the 'no ground truth' legend, the bird's-eye view's metre grid and scale, training curves (and
+curves.png after a tiny training run) and the interval chart. Figures are checked through their
+artists before rasterising, and through their pixels after."""
 import json
 import math
 import os
@@ -11,6 +11,7 @@ import pytest
 from matplotlib import colormaps
 from PIL import Image
 
+import train
 import viz
 from rig import CAMERAS
 from synthetic import camera_rig
@@ -185,6 +186,20 @@ def test_curves_figure_draws_every_logged_term_and_the_validation_abs_rel():
     assert [line.get_label() for line in loss_ax.get_lines()] == ["loss", "si", "vr", "rkd"]
     assert loss_ax.get_yscale() == "log"
     assert val_ax.get_lines()[0].get_ydata().tolist() == [0.2]
+
+
+def test_train_writes_curves_png_at_every_validation(tmp_path):
+    out = tmp_path / "run"
+    train.main(["--steps", "2", "--val-every", "1", "--image-size", "32", "64", "--num-bins", "16", "--batch-size",
+                "1", "--val-samples", "1", "--workers", "0", "--out", str(out)])
+    picture = Image.open(out / "curves.png")
+    assert picture.size == tuple(round(x * viz.DPI) for x in viz.CURVES_SIZE)
+    records = viz.read_log(out / "metrics.jsonl")
+    logged = [k for k in records[0] if k not in viz.LOG_KEYS_NOT_TERMS]
+    loss_ax, val_ax = viz.curves_figure(records).axes
+    assert [line.get_label() for line in loss_ax.get_lines()] == logged == ["loss", "si", "bins", "kd", "cross", "vr"]
+    assert len(val_ax.get_lines()[0].get_xdata()) == 2  # one point per validation
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp-")]
 
 
 def test_interval_chart_draws_means_and_intervals_one_row_per_label():
