@@ -1,7 +1,7 @@
 """Tests of the pictures (viz.py): the colour map and its bar in meters, camera names on the tiles,
 the 'no ground truth' legend, the bird's-eye view's metre grid and scale, training curves (and
-curves.png after a tiny training run) and the interval chart. Figures are checked through their
-artists before rasterising, and through their pixels after."""
+curves.png after a tiny training run), the interval chart and ablation.png's numbers. Figures are
+checked through their artists before rasterising, and through their pixels after."""
 import json
 import math
 import os
@@ -13,6 +13,7 @@ from PIL import Image
 
 import train
 import viz
+from benchmarks import ablation
 from rig import CAMERAS
 from synthetic import camera_rig
 
@@ -215,6 +216,28 @@ def test_interval_chart_draws_means_and_intervals_one_row_per_label():
     widths = [abs(s[1, 0] - s[0, 0]) for s in second.lines[2][0].get_segments()]
     assert widths == [2.0, 0.0]  # NaN: the mean alone
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x", "y"]
+
+
+def test_ablation_chart_holds_the_paired_differences_in_percent_of_the_baseline():
+    def fake(abs_rel, dense):
+        metrics = lambda a: {"abs_rel": a, "rmse": 10 * a, "a1": 1 - a}  # noqa: E731
+        return {"all": {"sparse": metrics(abs_rel), "dense": metrics(dense)}}
+
+    runs = {("baseline", 0): fake(0.10, 0.20), ("baseline", 1): fake(0.12, 0.22),
+            ("CKD + VRKD", 0): fake(0.09, 0.15), ("CKD + VRKD", 1): fake(0.10, 0.18),
+            ("response KD", 0): fake(0.095, 0.16), ("response KD", 1): None}
+    figure = ablation.paired_chart(runs, ["baseline", "response KD", "CKD + VRKD"], [0, 1])
+    (ax,) = figure.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["response KD − baseline", "CKD + VRKD − baseline"]
+    sparse, dense = ax.containers
+    # CKD + VRKD - baseline, sparse AbsRel: d = (-0.01, -0.02), mean -0.015 = -13.6 % of 0.11, half-width
+    # t_{0.975, 1} sd / sqrt(2); response KD: seed 0 alone, -0.005 of 0.10 = -5 %, no interval.
+    half = 12.706 * (0.01 / math.sqrt(2)) / math.sqrt(2) / 0.11 * 100
+    assert sparse.lines[0].get_xdata() == pytest.approx([-5.0, -0.015 / 0.11 * 100])
+    low, high = sparse.lines[2][0].get_segments()[1][:, 0]
+    assert (low, high) == pytest.approx((-0.015 / 0.11 * 100 - half, -0.015 / 0.11 * 100 + half))
+    assert dense.lines[0].get_xdata() == pytest.approx([-20.0, -0.045 / 0.21 * 100])
+    assert ablation.paired_chart({("baseline", 0): fake(0.1, 0.2)}, ["baseline"], [0]) is None
 
 
 def test_save_png_writes_figures_and_arrays_atomically(tmp_path):
