@@ -242,7 +242,7 @@ def train_minutes(name, seed, root):
 @torch.inference_mode()
 def bev_comparison(names, seed, root):
     """bev.png's picture: `viz.bev_figure` of synthetic test sample FIGURE_SAMPLE as predicted
-    by the (name, seed) runs under root, then its dense ground truth -> RGB uint8 array."""
+    by the (name, seed) runs under root, then its dense ground truth -> Figure."""
     depths, sample = {}, None
     for name in names:
         model, _ = load_checkpoint(os.path.join(run_folder(name, seed, root), "checkpoint.pt"))
