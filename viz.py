@@ -58,7 +58,7 @@ BEV_LEGEND_WIDTH = 140  # the camera legend right of the panels
 LOG_KEYS_NOT_TERMS = ("step", "lr", "time")  # keys of a metrics.jsonl training line that are no loss term
 CURVE_POINTS = 200  # a training curve averages consecutive steps so that at most this many points show
 CURVES_SIZE = (10.0, 3.6)  # inches of curves.png
-CHART_WIDTH, CHART_ROW, CHART_FIXED = 7.0, 0.32, 1.2  # inches: interval chart width, per row, title and axis
+CHART_WIDTH, CHART_ROW, CHART_FIXED = 7.0, 0.25, 1.4  # inches: interval chart width, per row and series, the rest
 SERIES_OFFSET = 0.3  # vertical offset between the series of one row of an interval chart (rows 1 apart)
 
 
@@ -379,11 +379,11 @@ def interval_chart(labels, means, lows, highs, unit, title, series=None):
     ax.set_yticks(rows, labels=labels, fontsize=FONT_SIZE)
     ax.set_ylim(len(labels) - 0.5, -0.5)  # the first label on top
     ax.set_xlabel(unit, fontsize=FONT_SIZE)
-    ax.set_title(title, fontsize=FONT_SIZE + 1)
+    fig.suptitle(title, fontsize=FONT_SIZE + 1)  # over the whole width: the row labels take much of it
     ax.tick_params(axis="x", labelsize=FONT_SIZE)
     ax.grid(True, axis="x", alpha=0.3)
     if series is not None:
-        ax.legend(fontsize=FONT_SIZE)
+        fig.legend(loc="outside lower center", ncols=count, fontsize=FONT_SIZE, frameon=False)
     return fig
 
 
