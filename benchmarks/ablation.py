@@ -316,12 +316,12 @@ def paired_chart(runs, settings, seeds):
             mean, half = paired_interval([metric_of(runs[name, s], *metric) for s in both], ref)
             half = np.nan if half is None else half
             cells.append(100 / np.mean(ref) * np.array([mean, mean - half, mean + half]))
-        labels += [f"{name} − baseline"] if both else []
+        labels += [f"{name} − baseline (n = {len(both)})"] if both else []  # n: the seeds paired
     if not labels:
         return None
     v = np.array(cells).reshape(len(labels), len(CHART_METRICS), 3)  # (rows, metrics, mean / low / high)
     return interval_chart(labels, v[..., 0], v[..., 1], v[..., 2], "% of the baseline (negative: lower error)",
-                          f"Paired difference to the baseline over seeds {list(seeds)}, 95 % t-interval",
+                          f"Paired difference to the baseline, seeds {list(seeds)} (95 % t-interval)",
                           series=[f"{kind} {key}" for kind, key in CHART_METRICS])
 
 

@@ -228,7 +228,8 @@ def test_ablation_chart_holds_the_paired_differences_in_percent_of_the_baseline(
             ("response KD", 0): fake(0.095, 0.16), ("response KD", 1): None}
     figure = ablation.paired_chart(runs, ["baseline", "response KD", "CKD + VRKD"], [0, 1])
     (ax,) = figure.axes
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["response KD − baseline", "CKD + VRKD − baseline"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["response KD − baseline (n = 1)",
+                                                           "CKD + VRKD − baseline (n = 2)"]
     sparse, dense = ax.containers
     # CKD + VRKD - baseline, sparse AbsRel: d = (-0.01, -0.02), mean -0.015 = -13.6 % of 0.11, half-width
     # t_{0.975, 1} sd / sqrt(2); response KD: seed 0 alone, -0.005 of 0.10 = -5 %, no interval.
