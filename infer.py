@@ -41,7 +41,7 @@ from export import OnnxStudent
 from model import load_checkpoint
 from pointcloud import surround_points, write_ply
 from rig import CAMERAS
-from viz import colorize, montage, save_png, to_uint8
+from viz import depth_figure, save_png, surround_figure, to_uint8
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 OUTPUT_SUFFIX = "_depth"  # infer.py's own outputs end in this; they are never read as inputs
@@ -133,31 +133,31 @@ def get_args(argv=None):
 
 
 def write_outputs(model, pending, out_dir, tiles):
-    """Run one batch [(path, name, image)] and write <name>_depth.npy / .png for each; the
-    coloured depth of each image with a camera name goes into `tiles` -> the depth maps written."""
+    """Run one batch [(path, name, image)] and write <name>_depth.npy / .png (the depth with a colour
+    bar in meters) for each; the depth of each image with a camera name goes into `tiles` -> the depth
+    maps written."""
     written = []
     for (path, name, _), depth in zip(pending, model.infer_images([image for _, _, image in pending])):
         npy, png = (os.path.join(out_dir, name + OUTPUT_SUFFIX + e) for e in (".npy", ".png"))
         with atomic_path(npy) as tmp:
             np.save(tmp, depth.astype(np.float32), allow_pickle=False)
-        colored = colorize(depth)
-        save_png(colored, png)
+        save_png(depth_figure(depth, name), png)
         if camera_of(path) is not None:
-            tiles[path] = colored
+            tiles[path] = depth
         written.append(depth)
         tqdm.write(f"{path} -> {npy} (depth {depth.min():.1f}-{depth.max():.1f} m)")
     return written
 
 
 def write_montages(tiles, out_dir):
-    """The surround montages of the processed camera images (`tiles`: path -> coloured depth, in
-    input order), as `surround_sets` groups them -> the montage paths written."""
+    """The surround montages of the processed camera images (`tiles`: path -> depth (H, W) meters, in
+    input order), as `surround_sets` groups them, each in one colour range -> the montage paths written."""
     sets, left = surround_sets([(path, camera_of(path)) for path in tiles])
     written = []
     for k, group in enumerate(sets, 1):
         name = "surround" + (f"_{k}" if k > 1 else "") + OUTPUT_SUFFIX + ".png"  # skipped as input, like the rest
         written.append(os.path.join(out_dir, name))
-        save_png(montage([tiles[group[n]] for n in range(len(CAMERAS))]), written[-1])
+        save_png(surround_figure([tiles[group[n]] for n in range(len(CAMERAS))]), written[-1])
         print(f"surround montage -> {written[-1]}")
     if left:
         print(f"surround montage: left out {', '.join(left)} (no full set of the six cameras)")

@@ -40,6 +40,7 @@ from rig import ADJACENT_PAIRS
 from run_state import check_out, drop_log_after, rng_state, set_rng_state
 from sampling import SeededItems, mixed_sampler, seed_of
 from teacher import build_teacher, default_teacher
+from viz import write_curves
 
 # Default training length per dataset: the synthetic demo takes ~5 minutes on 2 CPU cores.
 DEFAULT_STEPS = {"synthetic": 300, "nuscenes": 30000, "ddad": 30000}
@@ -469,6 +470,7 @@ def main(argv=None):
             if main_process:
                 log.write(json.dumps({"step": step, "val": metrics}) + "\n")
                 log.flush()
+                write_curves(os.path.join(args.out, "metrics.jsonl"), os.path.join(args.out, "curves.png"))
                 bar.write(f"step {step}: val abs_rel {metrics['abs_rel']:.4f} rmse {metrics['rmse']:.3f} "
                           f"a1 {metrics['a1']:.3f}")
                 save_checkpoint(ckpt_path, {"config": asdict(model.cfg), "model": model.state_dict(),

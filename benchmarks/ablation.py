@@ -39,7 +39,7 @@ from model import load_checkpoint
 from sampling import StepSampler
 from synthetic import SPLIT_LENGTHS, SyntheticSurround, render_cache_path
 from teacher import build_teacher
-from viz import bev_figure, save_png
+from viz import bev_figure, interval_chart, save_png
 from benchmarks.zeroshot import teacher_error
 
 # Rows of the table: the train.py flags of each setting; every other flag keeps its default.
@@ -252,7 +252,7 @@ def train_minutes(name, seed, root):
 @torch.inference_mode()
 def bev_comparison(names, seed, root):
     """bev.png's picture: `viz.bev_figure` of synthetic test sample FIGURE_SAMPLE as predicted
-    by the (name, seed) runs under root, then its dense ground truth -> RGB uint8 array."""
+    by the (name, seed) runs under root, then its dense ground truth -> Figure."""
     depths, sample = {}, None
     for name in names:
         model, _ = load_checkpoint(os.path.join(run_folder(name, seed, root), "checkpoint.pt"))
@@ -283,6 +283,7 @@ def paired_interval(values, reference):
 # The metrics of the paired table: (ground truth, key, lower is better).
 PAIRED = (("sparse", "abs_rel", True), ("dense", "abs_rel", True), ("sparse", "rmse", True),
           ("dense", "rmse", True), ("sparse", "a1", False), ("dense", "a1", False))
+CHART_METRICS = (("sparse", "abs_rel"), ("dense", "abs_rel"))  # the series of ablation.png
 
 
 def metric_of(results, kind, key):
@@ -311,6 +312,27 @@ def paired_lines(runs, pairs, seeds):
             cells.append(f"{mean:+.4f} {ci} ({100 * mean / np.mean(b):+.1f} %)")
         lines.append(f"| {name} − {ref} | {len(both)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def paired_chart(runs, settings, seeds):
+    """ablation.png beside table.md: each row's paired difference to the baseline (seeds both finished)
+    in % of the baseline's mean, with its 95 % t-interval (NaN: one seed), per CHART_METRICS ->
+    `viz.interval_chart` Figure, or None when no row pairs with the baseline."""
+    labels, cells = [], []
+    for name in settings:
+        both = [s for s in seeds if name != "baseline" and runs.get((name, s)) and runs.get(("baseline", s))]
+        for metric in CHART_METRICS if both else ():
+            ref = [metric_of(runs["baseline", s], *metric) for s in both]
+            mean, half = paired_interval([metric_of(runs[name, s], *metric) for s in both], ref)
+            half = np.nan if half is None else half
+            cells.append(100 / np.mean(ref) * np.array([mean, mean - half, mean + half]))
+        labels += [f"{name} − baseline (n = {len(both)})"] if both else []  # n: the seeds paired
+    if not labels:
+        return None
+    v = np.array(cells).reshape(len(labels), len(CHART_METRICS), 3)  # (rows, metrics, mean / low / high)
+    return interval_chart(labels, v[..., 0], v[..., 1], v[..., 2], "% of the baseline (negative: lower error)",
+                          f"Paired difference to the baseline, seeds {list(seeds)} (95 % t-interval)",
+                          series=[f"{kind} {key}" for kind, key in CHART_METRICS])
 
 
 def ablation_table(runs, settings, seeds, teacher=None):
@@ -356,7 +378,7 @@ def ablation(argv=None):
                         f"{list(LONG_SEEDS)} at 1200)")
     p.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=list(SETTINGS),
                    help="rows to run, in this order within each seed")
-    p.add_argument("--out", default="outputs/ablation", help="folder of the runs, table.md and bev.png")
+    p.add_argument("--out", default="outputs/ablation", help="folder of the runs, table.md, ablation.png and bev.png")
     p.add_argument("--split", default="test", choices=["test", "val"],
                    help="synthetic split that scores the runs (val: for choices of the method, seeds "
                         f"{list(VAL_SEEDS)})")
@@ -397,6 +419,9 @@ def ablation(argv=None):
         f"{sum(minutes):.0f} min ({np.mean(minutes) if minutes else 0:.1f} min per run); this table took "
         f"{(time.time() - start) / 60:.0f} min.\n")
     write_text(os.path.join(args.out, "table.md"), table)
+    chart = paired_chart(runs, args.settings, args.seeds)
+    if chart is not None:
+        save_png(chart, os.path.join(args.out, "ablation.png"))
     print(table)
     names = [n for n in FIGURE_SETTINGS if n in args.settings and runs.get((n, args.seeds[0]))
              and os.path.exists(os.path.join(run_folder(n, args.seeds[0], args.out), "checkpoint.pt"))]

@@ -10,7 +10,7 @@ figure in viz.py, on synthetic surround samples at the default size (96 x 160).
 - wrong geometry is caught: poses with the rotation transposed match few pixels of the reference;
 - evaluate_predictions reports 'cross_view' (pixel-weighted over samples per pair), pixels chosen
   by depth_dense when it is there and by the sparse depth when not; format_table shows it;
-- bev_figure: one panel per entry, points in every panel, front up and right on the right.
+- bev_raster (the panels of bev_figure): points in every panel, front up and right on the right.
 """
 import numpy as np
 import pytest
@@ -151,7 +151,7 @@ def test_bev_figure_panels_and_orientation(samples):
     scaled = dense.copy()
     scaled[0] *= SCALE
     panels = {"ground truth": dense, "front scaled": scaled, "sparse": samples[0]["depth"][:, 0].numpy()}
-    image = viz.bev_figure(panels, k, pose, extent=40.0)
+    image = np.concatenate([viz.bev_raster(depth, k, pose, extent=40.0) for depth in panels.values()], axis=1)
     size = viz.BEV_PANEL_SIZE
     assert image.dtype == np.uint8 and image.shape == (size, len(panels) * size, 3)
     colors = np.asarray(viz.CAMERA_COLORS)

@@ -334,14 +334,16 @@ def test_masks_become_omega(dataroot, tmp_path):
 
 
 def test_bev_figure_on_a_ddad_sample(dataroot):
-    """viz.bev_figure on the ground truth of a DDAD sample: each camera's dots lie around the
-    direction of its optical axis, front up, left to the left."""
+    """viz.bev_raster on the ground truth of a DDAD sample: each camera's dots lie around the
+    direction of its optical axis, front up, left to the left; bev_figure names DDAD's cameras."""
     import viz
 
     item = make(dataroot)[1]
     depth = item["depth"][:, 0].numpy()
-    image = viz.bev_figure({"ground truth": depth}, item["intrinsics"].numpy(), item["cam_to_ego"].numpy(),
-                           extent=40.0, names=ddad.DDAD_CAMERAS)
+    image = viz.bev_raster(depth, item["intrinsics"].numpy(), item["cam_to_ego"].numpy(), extent=40.0)
+    figure = viz.bev_figure({"ground truth": depth}, item["intrinsics"].numpy(), item["cam_to_ego"].numpy(),
+                            names=ddad.DDAD_CAMERAS)
+    assert [t.get_text() for t in figure.legends[0].get_texts()] == list(ddad.DDAD_CAMERAS)
     assert image.shape == (viz.BEV_PANEL_SIZE, viz.BEV_PANEL_SIZE, 3)
     center = viz.BEV_PANEL_SIZE / 2
     for n, name in enumerate(ddad.DDAD_CAMERAS):

@@ -13,6 +13,7 @@ from PIL import Image
 import evaluate
 import infer
 import train
+import viz
 from cli import InputError
 from rig import CAMERAS
 from model import load_checkpoint
@@ -113,8 +114,8 @@ def test_evaluate_cli_writes_table_json_and_figures(run, tmp_path):
     assert len(results["constant_baseline"]["medians"]) == 6
     assert "| all |" in (out / "metrics.md").read_text()
     assert json.loads((tmp_path / "r.json").read_text())["split"] == "test"
-    figure = Image.open(out / "sample_0.png")
-    assert figure.size[0] == 3 * 96 and figure.size[1] == 3 * 2 * 64  # 3 montages of 2x3 views
+    figure = Image.open(out / "sample_0.png")  # 3 montages of 2x3 views, enlarged, a colour bar beside them
+    assert figure.size[0] > 3 * 96 * viz.tile_scale(96) and figure.size[1] > 3 * 2 * 64 * viz.tile_scale(96)
 
 
 def test_infer_writes_npy_png_and_montage_and_skips_bad_files(run, tmp_path):
@@ -129,7 +130,8 @@ def test_infer_writes_npy_png_and_montage_and_skips_bad_files(run, tmp_path):
     assert infer.main([str(src), "--checkpoint", str(run / "checkpoint.pt"), "--out", str(out)]) == 6
     depth = np.load(out / f"n008__CAM_FRONT__1{infer.OUTPUT_SUFFIX}.npy")
     assert depth.shape == (45, 80) and depth.dtype == np.float32 and (depth > 0).all()
-    assert Image.open(out / f"surround{infer.OUTPUT_SUFFIX}.png").size == (3 * 80, 2 * 45)
+    assert Image.open(out / f"surround{infer.OUTPUT_SUFFIX}.png").size[0] > 3 * 80 * viz.tile_scale(80)
+    assert Image.open(out / f"n008__CAM_FRONT__1{infer.OUTPUT_SUFFIX}.png").size[0] > 80 * viz.tile_scale(80)
     assert sorted(os.listdir(src)) == sorted([f"n008__{c}__1.jpg" for c in CAMERAS] + ["broken.jpg", "notes.txt"])
     # Writing into the input folder: its own outputs are skipped on the second run, inputs untouched.
     before = {f: (src / f).read_bytes() for f in os.listdir(src)}
