@@ -99,7 +99,7 @@ def test_one_step_on_two_ranks_of_batch_1_equals_one_rank_of_batch_2(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     torch.multiprocessing.spawn(ddp_rank, args=(2, port, str(tmp_path)), nprocs=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     reference = one_step(0, 1, batch_size=2)
     for k, v in reference.state_dict().items():
         torch.testing.assert_close(ranks[0]["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
