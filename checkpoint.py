@@ -73,8 +73,9 @@ def hub_offline():
 
 
 def check_plain(value, where="payload"):
-    """Raise TypeError unless `value` is made of tensors, str, int, float, bool, None, and dicts,
-    lists and tuples of them: what torch.load(weights_only=True) reads back without running code."""
+    """Raise TypeError unless `value` is made of tensors, str, int, float, bool, None (exactly: a
+    numpy float is a float but pickles as a numpy object), and dicts, lists and tuples of them: what
+    torch.load(weights_only=True) reads back without running code."""
     if isinstance(value, dict):
         for key, item in value.items():
             check_plain(key, f"{where} key")
@@ -82,7 +83,7 @@ def check_plain(value, where="payload"):
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             check_plain(item, f"{where}[{i}]")
-    elif not (value is None or isinstance(value, (torch.Tensor, str, int, float, bool))):
+    elif not (value is None or isinstance(value, torch.Tensor) or type(value) in (str, int, float, bool)):
         raise TypeError(f"{where}: a {type(value).__name__} is not a plain value; store it as a dict, list or tensor")
 
 

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 import torchvision
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from checkpoint import (FOLDER_KEYS, CheckpointError, folder_config, model_folder, push_model_folder,  # noqa: F401
-                        read_checkpoint, read_model_folder, save_checkpoint, write_model_folder)
+from checkpoint import (CONFIG_NAME, FOLDER_KEYS, CheckpointError, folder_config, model_folder,  # noqa: F401
+                        push_model_folder, read_checkpoint, read_model_folder, save_checkpoint, write_model_folder)
 from rig import CAMERAS
 
 # ImageNet statistics that torchvision's ResNet and RegNet weights were trained with.
@@ -318,7 +318,7 @@ def student_from_folder(source, device="cpu", revision=None):
     known = {f.name for f in fields(StudentConfig)}
     unknown = sorted(set(config) - known - set(FOLDER_KEYS))
     if unknown:
-        raise CheckpointError(f"{os.path.join(folder, 'config.json')}: unknown keys {', '.join(unknown[:4])} "
+        raise CheckpointError(f"{os.path.join(folder, CONFIG_NAME)}: unknown keys {', '.join(unknown[:4])} "
                               "(written by a newer version?) ; update the project's code")
     student = build_student({k: v for k, v in config.items() if k in known}, state, source)
     return student.to(device), config

@@ -193,6 +193,8 @@ def test_save_checkpoint_refuses_objects_and_stamps_the_format(tmp_path):
     path = str(tmp_path / "c.pt")
     with pytest.raises(TypeError, match=r"payload\['args'\]: a Namespace is not a plain value"):
         save_checkpoint(path, {"config": {}, "model": {}, "args": argparse.Namespace(a=1)})
+    with pytest.raises(TypeError, match=r"payload\['args'\]\['lr'\]: a float64 is not a plain value"):
+        save_checkpoint(path, {"config": {}, "model": {}, "args": {"lr": np.float64(0.1)}})  # pickles as numpy's
     assert not os.path.exists(path)
     save_checkpoint(path, {"config": dataclasses.asdict(SMALL), "model": Student(SMALL).state_dict()})
     assert checkpoint.read_checkpoint(path)["format"] == checkpoint.CHECKPOINT_FORMAT == 2
