@@ -3,9 +3,10 @@
 Defines `build_dataset`, `build_unlabelled` (the images without ground truth added to a training
 split: synthetic scenes, nuScenes camera sweeps; DDAD has none), `split_name` (which split plays
 train / val / test on each dataset), `depth_range` (the d_min, d_max of Eqs. (3) and (18) on each
-dataset), the default input size of each dataset, and `batch_to_device` (a batch on the device,
-images made float there). The loaders themselves live in `synthetic.py`, `nusc.py`,
-`nusc_sweeps.py` and `ddad.py`; this file stands above them, so they never import it.
+dataset), the default input size and the camera names (`CAMERA_NAMES`) of each dataset, and
+`batch_to_device` (a batch on the device, images made float there). The loaders themselves live
+in `synthetic.py`, `nusc.py`, `nusc_sweeps.py` and `ddad.py`; this file stands above them, so they
+never import it.
 
 Every dataset returns one surround sample per item, a dict of tensors:
     images      (N, 3, H, W), N = 6 cameras in the ring order of `rig.CAMERAS` (DDAD: CAMERA_01,
@@ -28,10 +29,10 @@ meters, the evaluation protocol's D*.
 import torch
 
 from cli import InputError
-from ddad import DDAD_DEPTH_RANGE, DDAD_IMAGE_SIZE, DDAD_RATE_HZ, DDADSurround
+from ddad import DDAD_CAMERAS, DDAD_DEPTH_RANGE, DDAD_IMAGE_SIZE, DDAD_RATE_HZ, DDADSurround
 from nusc import NUSCENES_IMAGE_SIZE, NUSCENES_SPLITS, NuScenesSurround
 from nusc_sweeps import NuScenesSweeps
-from rig import MAX_DEPTH, MIN_DEPTH
+from rig import CAMERAS, MAX_DEPTH, MIN_DEPTH
 from synthetic import DEFAULT_IMAGE_SIZE as SYNTHETIC_IMAGE_SIZE
 from synthetic import SyntheticSurround
 
@@ -40,6 +41,9 @@ DATASETS = ("synthetic", "nuscenes", "ddad")
 DEFAULT_IMAGE_SIZE = {"synthetic": SYNTHETIC_IMAGE_SIZE, "nuscenes": NUSCENES_IMAGE_SIZE, "ddad": DDAD_IMAGE_SIZE}
 # Depth range (d_min, d_max) in meters per dataset, Eqs. (3) and (18): 0.1-80 m, DDAD 0.1-200 m.
 DEPTH_RANGE = {"synthetic": (MIN_DEPTH, MAX_DEPTH), "nuscenes": (MIN_DEPTH, MAX_DEPTH), "ddad": DDAD_DEPTH_RANGE}
+# Camera names per dataset in the ring order of the views (the synthetic rig is named as nuScenes'):
+# the model folder's config.json records them (checkpoint.py).
+CAMERA_NAMES = {"synthetic": CAMERAS, "nuscenes": CAMERAS, "ddad": DDAD_CAMERAS}
 
 
 def depth_range(name):

@@ -329,7 +329,9 @@ def format_table(results, title):
 def get_args(argv=None):
     """The command line; every flag has help."""
     p = argparse.ArgumentParser(description="Evaluate a student checkpoint (Eqs. 18-20).")
-    p.add_argument("--checkpoint", default="outputs/demo/checkpoint.pt", help="checkpoint written by train.py")
+    p.add_argument("--checkpoint", default="outputs/demo/checkpoint.pt",
+                   help="a checkpoint.pt written by train.py, a model folder (OUT/student: config.json + "
+                        "model.safetensors) or a Hugging Face hub id owner/name")
     p.add_argument("--data", default=None, choices=DATASETS, help="dataset (default: the checkpoint's)")
     p.add_argument("--dataroot", default=None, help="nuScenes or DDAD root folder (default: the checkpoint's)")
     p.add_argument("--version", default=None, choices=["v1.0-trainval", "v1.0-mini"], help="nuScenes version")
@@ -352,13 +354,12 @@ def get_args(argv=None):
 
 
 def main(argv=None):
-    from model import load_checkpoint
+    from model import load_student
     from viz import sample_figure, save_png
 
     args = get_args(argv)
     device = torch.device(args.device)
-    model, ckpt = load_checkpoint(args.checkpoint, device)
-    trained = ckpt.get("args", {})
+    model, trained = load_student(args.checkpoint, device)  # the training args as far as known
     data = args.data or trained.get("data", "synthetic")
     version = args.version or trained.get("version", "v1.0-trainval")
     split = args.split or split_name(data, version, "test")

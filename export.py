@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from cli import PROJECT_VERSION, InputError, atomic_path, run_cli
 from data import DATASETS, build_dataset, split_name
-from model import Student, load_checkpoint
+from model import Student, load_student
 from rig import CAMERAS
 
 ONNX_OPSET = 18  # >= 17 (LayerNormalization); what torch's exporter emits by default
@@ -164,7 +164,9 @@ def torch_depth(student, views):
 def get_args(argv=None):
     """The command line; every flag has help."""
     p = argparse.ArgumentParser(description="Export a student checkpoint to ONNX and check it against torch.")
-    p.add_argument("--checkpoint", default="outputs/demo/checkpoint.pt", help="checkpoint written by train.py")
+    p.add_argument("--checkpoint", default="outputs/demo/checkpoint.pt",
+                   help="a checkpoint.pt written by train.py, a model folder (OUT/student: config.json + "
+                        "model.safetensors) or a Hugging Face hub id owner/name")
     p.add_argument("--out", default="student.onnx", help="the ONNX file to write")
     p.add_argument("--data", default="synthetic", choices=DATASETS, help="dataset of the surround sample of the check")
     p.add_argument("--dataroot", default=None, help="root folder of --data (nuScenes: holds samples/, v1.0-*/)")
@@ -177,7 +179,7 @@ def get_args(argv=None):
 def main(argv=None):
     """Export, check with onnxruntime, write atomically; returns the max relative deviation."""
     args = get_args(argv)
-    student, _ = load_checkpoint(args.checkpoint)
+    student, _ = load_student(args.checkpoint)
     split = split_name(args.data, args.version, "test")
     dataset = build_dataset(args.data, split, image_size=student.cfg.image_size, dataroot=args.dataroot,
                             version=args.version)

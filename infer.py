@@ -38,7 +38,7 @@ from cli import InputError, atomic_path, run_cli
 from data import DATASETS, build_dataset, split_name
 from ddad import DDAD_CAMERAS
 from export import OnnxStudent
-from model import load_checkpoint
+from model import load_student
 from pointcloud import surround_points, write_ply
 from rig import CAMERAS
 from viz import depth_figure, save_png, surround_figure, to_uint8
@@ -113,7 +113,9 @@ def get_args(argv=None):
     """The command line; every flag has help."""
     p = argparse.ArgumentParser(description="Metric depth for your own images with a trained student.")
     p.add_argument("input", nargs="?", help="an image, a folder of images, or a .txt file listing image paths")
-    p.add_argument("--checkpoint", default="outputs/demo/checkpoint.pt", help="checkpoint written by train.py")
+    p.add_argument("--checkpoint", default="outputs/demo/checkpoint.pt",
+                   help="a checkpoint.pt written by train.py, a model folder (OUT/student: config.json + "
+                        "model.safetensors) or a Hugging Face hub id owner/name")
     p.add_argument("--onnx", default=None, help="an ONNX file written by export.py: run it with onnxruntime on the "
                    "CPU instead of the checkpoint")
     p.add_argument("--sample", type=int, default=None,
@@ -168,7 +170,7 @@ def load_model(args):
     """The student of --onnx (onnxruntime) or of --checkpoint (torch, in its inference form)."""
     if args.onnx:
         return OnnxStudent(args.onnx)
-    model, _ = load_checkpoint(args.checkpoint, torch.device(args.device))
+    model, _ = load_student(args.checkpoint, torch.device(args.device))
     return model.for_inference()  # BatchNorm folded, channels_last: same depth, faster
 
 

@@ -8,12 +8,16 @@ Implements Eqs. (1)-(5) of the README's method section:
   logit_scale x conv, see `Student`), at stride 4 with the default decoder;
 - (5) hybrid regression D_hat = sum_k P^S_k c_k, upsampled to the input size.
 Also defines `StudentConfig` (stored in every checkpoint), `Student.for_inference` (BatchNorm
-folded, channels_last), `infer_image` (one image in, metric depth out at its own resolution)
-and the atomic checkpoint I/O used by train/evaluate/infer.
+folded, channels_last), `infer_image` (one image in, metric depth out at its own resolution),
+the model folder (`Student.save_pretrained`, `from_pretrained` from a folder or a hub id,
+`push_to_hub`), and the loaders the scripts call: `load_checkpoint` (train.py's checkpoint) and
+`load_student` (a checkpoint, a model folder or a hub id). The files are read in checkpoint.py,
+without running code from them; `save_checkpoint` and `CheckpointError` come from there.
 """
 import copy
 import os
-from dataclasses import dataclass
+import tempfile
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -22,7 +26,9 @@ import torch.nn.functional as F
 import torchvision
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from cli import InputError, atomic_path
+from checkpoint import (CONFIG_NAME, FOLDER_KEYS, CheckpointError, folder_config, model_folder,  # noqa: F401
+                        push_model_folder, read_checkpoint, read_model_folder, save_checkpoint, write_model_folder)
+from rig import CAMERAS
 
 # ImageNet statistics that torchvision's ResNet and RegNet weights were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -267,28 +273,66 @@ class Student(nn.Module):
         return [F.interpolate(d[None], size=tuple(s), mode="bilinear", align_corners=False)[0, 0].float().cpu().numpy()
                 for d, s in zip(depth, sizes)]
 
+    @classmethod
+    def from_pretrained(cls, source, device="cpu", revision=None):
+        """A trained student from a model folder or a Hugging Face hub id 'owner/name' (downloaded
+        into the Hugging Face cache; with HF_HUB_OFFLINE set, read from it) -> Student in eval mode
+        on `device`, BatchNorm kept (`for_inference` derives the fast form). No code in the files runs."""
+        return student_from_folder(source, device, revision)[0]
 
-def save_checkpoint(path, payload):
-    """Write `payload` (a dict for torch.save) atomically to `path`."""
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    def save_pretrained(self, folder, dataset=None, cameras=CAMERAS):
+        """Write the model folder: config.json (StudentConfig, the ring order of `cameras`, the training
+        `dataset`, the project version) and model.safetensors (the weights, BatchNorm kept), atomically."""
+        if not any(isinstance(m, nn.BatchNorm2d) for m in self.modules()):
+            raise ValueError("save_pretrained: this is the inference form (BatchNorm folded); save the student itself")
+        write_model_folder(folder, folder_config(asdict(self.cfg), dataset, cameras), self.state_dict())
+
+    def push_to_hub(self, repo_id, dataset=None, cameras=CAMERAS, private=None, token=None):
+        """Publish the model folder (save_pretrained) and a model card on the Hugging Face hub as
+        `repo_id` ('owner/name'; needs a login, `hf auth login`, or `token`) -> the commit info."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, dataset, cameras)
+            return push_model_folder(tmp, repo_id, private, token)
 
 
-class CheckpointError(InputError):
-    """A checkpoint that is missing or unreadable; the message names the file and the fix."""
+def build_student(config, state, where):
+    """A Student from a StudentConfig as a dict and its weights (name -> tensor) -> Student on the CPU,
+    eval mode. Raises CheckpointError (one line, naming `where`) if they do not fit together."""
+    try:
+        model = Student(StudentConfig(**config))
+        model.load_state_dict(state)
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:  # unknown fields, wrong shapes or keys
+        raise CheckpointError(f"{where}: its config and weights do not make a student ({err.__class__.__name__}: "
+                              f"{(str(err).splitlines() or [''])[0][:120]}) ; write it again with this code") from None
+    return model.eval()
 
 
 def load_checkpoint(path, device="cpu"):
-    """Read a checkpoint written by train.py -> (Student in eval mode on `device`, raw dict)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint; train one with `python train.py --out DIR` "
-                              "and pass DIR/checkpoint.pt")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        model = Student(StudentConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
-    except Exception as err:  # a truncated/foreign file: one line, not a pickle traceback
-        raise CheckpointError(f"{path}: not a readable student checkpoint ({err.__class__.__name__}: "
-                              f"{(str(err).splitlines() or [''])[0][:120]}); re-run train.py to write it") from None
-    return model.to(device).eval(), ckpt
+    """Read a checkpoint written by train.py (checkpoint.read_checkpoint: tensors and plain values
+    only) -> (Student in eval mode on `device`, the checkpoint's dict)."""
+    ckpt = read_checkpoint(path)
+    return build_student(ckpt["config"], ckpt["model"], path).to(device), ckpt
 
+
+def student_from_folder(source, device="cpu", revision=None):
+    """A model folder or hub id -> (Student in eval mode on `device`, its config.json as a dict)."""
+    folder = model_folder(source, revision)
+    config, state = read_model_folder(folder)
+    known = {f.name for f in fields(StudentConfig)}
+    unknown = sorted(set(config) - known - set(FOLDER_KEYS))
+    if unknown:
+        raise CheckpointError(f"{os.path.join(folder, CONFIG_NAME)}: unknown keys {', '.join(unknown[:4])} "
+                              "(written by a newer version?) ; update the project's code")
+    student = build_student({k: v for k, v in config.items() if k in known}, state, source)
+    return student.to(device), config
+
+
+def load_student(source, device="cpu"):
+    """What `--checkpoint` of evaluate.py, infer.py and export.py names: a training checkpoint file, a
+    model folder (OUT/student) or a Hugging Face hub id -> (Student in eval mode on `device`, the
+    training args as far as known: all of a checkpoint's, only {'data': dataset} of a folder)."""
+    if os.path.isfile(source):
+        model, ckpt = load_checkpoint(source, device)
+        return model, ckpt.get("args", {})
+    model, config = student_from_folder(source, device)
+    return model, {} if config.get("dataset") is None else {"data": config["dataset"]}

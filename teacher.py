@@ -18,7 +18,6 @@ Every teacher is called as `teacher(images, depth_dense=None)` with images (M, 3
 (M, C, h, w) float32}. Its `name` identifies its outputs (the key of the teacher cache).
 """
 import os
-import re
 
 import torch
 import torch.nn as nn
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 
 import emulated
 import losses
+from checkpoint import HUB_ID, hub_offline  # the hub's id form and offline flag, shared with the student
 from cli import InputError
 from model import IMAGENET_MEAN, IMAGENET_STD  # the same statistics DA-V2 normalises with
 
@@ -38,7 +38,6 @@ DINOV2_PATCH = 14  # patch size of every DINOv2 ViT-*/14 backbone, in pixels
 # Hugging Face ids of the relative-depth DA-V2 checkpoints. Licences (DA-V2 README, LICENSE):
 # Small is Apache-2.0; Base and Large are CC-BY-NC-4.0 (non-commercial).
 TEACHER_IDS = {size: f"depth-anything/Depth-Anything-V2-{size.title()}-hf" for size in ("small", "base", "large")}
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "owner/name"; else, not a folder = wrong path
 # Architectures of the TEACHER_IDS checkpoints, from their config.json (as DA-V2's run.py);
 # out_indices: 1-based DINOv2 blocks fed to the DPT neck (stage 0 is the patch embedding).
 TEACHER_ARCHS = {
@@ -144,14 +143,6 @@ class DepthAnythingTeacher(FrozenTeacher):
         return {"disparity": disparity.clone(), "features": features.clone()}
 
 
-def _hub_offline():
-    """True if HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set now or was when huggingface_hub loaded."""
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return bool(constants.HF_HUB_OFFLINE) or flag.strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
 def load_teacher(name_or_path, device="cpu", dtype=None, long_side=DEFAULT_LONG_SIDE):
     """A frozen DA-V2 teacher from a Hugging Face id, a size name ('small', ...) or a local folder.
 
@@ -163,7 +154,7 @@ def load_teacher(name_or_path, device="cpu", dtype=None, long_side=DEFAULT_LONG_
     source = TEACHER_IDS.get(name_or_path, str(name_or_path))
     local = os.path.isdir(os.path.expanduser(source))
     source = os.path.expanduser(source) if local else source
-    offline = _hub_offline()
+    offline = hub_offline()
     try:
         model = AutoModelForDepthEstimation.from_pretrained(
             source, local_files_only=local or offline, **({} if dtype is None else {"dtype": dtype}))

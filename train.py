@@ -10,7 +10,8 @@
 The loop in `main` reads top to bottom: data, teacher targets, forward, losses, backward,
 step, log, validate, save. The schedule (`one_cycle_lr`), the loss (`losses.objective`) and the
 batch order (`sampling.StepSampler`) are small pure pieces. Checkpoints are written atomically and
-hold the StudentConfig, weights, optimizer and GradScaler states, random streams, step and args;
+hold only tensors and plain values (checkpoint.py): the StudentConfig, weights, optimizer and GradScaler
+states, random streams, step and args; beside them, OUT/student/ is the deployable model folder;
 `--resume` continues exactly (`SeededItems` seeds each item's augmentation by its place in the
 stream). A fresh run refuses an --out that holds a run (run_state.py).
 """
@@ -32,8 +33,10 @@ import kd_baselines
 import losses
 from cache import (DEFAULT_CACHE_ROOT, CachedTargets, TeacherMemo, cache_key, distillation_targets, find_cache,
                    teacher_pass)
+from checkpoint import STUDENT_FOLDER
 from cli import InputError, run_cli, write_text
-from data import DATASETS, DEFAULT_IMAGE_SIZE, batch_to_device, build_dataset, build_unlabelled, depth_range, split_name
+from data import (CAMERA_NAMES, DATASETS, DEFAULT_IMAGE_SIZE, batch_to_device, build_dataset, build_unlabelled,
+                  depth_range, split_name)
 from evaluate import METRIC_KEYS, evaluate_model
 from model import ENCODER_CHANNELS, Student, StudentConfig, load_checkpoint, save_checkpoint
 from rig import ADJACENT_PAIRS
@@ -477,6 +480,7 @@ def main(argv=None):
                                             "optimizer": optimizer.state_dict(), "step": step, "args": vars(args),
                                             "rng": rng_state(device), "scaler": scaler.state_dict(),
                                             **({} if adapter is None else {"adapter": adapter.state_dict()})})
+                model.save_pretrained(os.path.join(args.out, STUDENT_FOLDER), args.data, CAMERA_NAMES[args.data])
     if main_process:
         log.close()
     if world > 1:

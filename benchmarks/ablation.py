@@ -33,6 +33,7 @@ import torch
 
 import evaluate
 import train
+from checkpoint import read_checkpoint
 from cli import InputError, atomic_path, write_text
 from data import build_dataset
 from model import load_checkpoint
@@ -128,7 +129,7 @@ def run_one(name, seed, args, flags=None):
     flags = SETTINGS[name] if flags is None else flags
     out = run_folder(name, seed, args.out)
     result_path, ckpt_path = os.path.join(out, f"{args.split}.json"), os.path.join(out, "checkpoint.pt")
-    done = os.path.exists(ckpt_path) and torch.load(ckpt_path, weights_only=False)["step"] >= args.steps
+    done = os.path.exists(ckpt_path) and read_checkpoint(ckpt_path)["step"] >= args.steps  # runs no code
     if not os.path.exists(result_path) and not done:
         command = flags + ["--steps", str(args.steps), "--seed", str(seed), "--val-every", str(args.steps),
                            "--teacher-cache", "none", "--out", out,  # the live teacher: exact targets

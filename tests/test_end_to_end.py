@@ -59,12 +59,12 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "one_cycle_lr", crash_at_step_2)
     with pytest.raises(KeyboardInterrupt):
         train.main(args + ["--out", str(resumed)])
-    assert torch.load(resumed / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert torch.load(resumed / "checkpoint.pt", weights_only=True)["step"] == 2
     monkeypatch.setattr(train, "one_cycle_lr", schedule)
     train.main(args + ["--out", str(resumed), "--resume"])
 
-    a = torch.load(straight / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(resumed / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
     losses_of = lambda d: [x["loss"] for x in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in x]  # noqa: E731
@@ -81,7 +81,7 @@ def test_resume_takes_the_run_flags_from_the_checkpoint(tmp_path, capsys):
     model = train.main(["--steps", "2", "--out", out, "--resume", "--workers", "0", "--val-samples", "1",
                         "--image-size", "96", "160", "--seed", "5"])
     assert "--image-size" in capsys.readouterr().err
-    saved = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
+    saved = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     assert saved["step"] == 2 and model.cfg.image_size == (64, 96)
     assert saved["args"]["image_size"] == [64, 96] and saved["args"]["num_bins"] == 16
     assert saved["args"]["seed"] == 3 and saved["args"]["batch_size"] == 1 and saved["args"]["steps"] == 2
@@ -93,12 +93,12 @@ def test_resume_keeps_the_runs_steps_and_the_models_config(tmp_path):
     out = str(tmp_path / "run")
     train.main(TINY + ["--steps", "3", "--val-every", "1", "--upsample", "convex", "--out", out])
     path = os.path.join(out, "checkpoint.pt")
-    ckpt = torch.load(path, weights_only=False)
+    ckpt = torch.load(path, weights_only=True)
     ckpt["step"] = 2  # as if it had stopped after step 2
     del ckpt["args"]["upsample"]  # as if written before --upsample existed
     torch.save(ckpt, path)
     model = train.main(["--out", out, "--resume", "--workers", "0"])
-    saved = torch.load(path, weights_only=False)
+    saved = torch.load(path, weights_only=True)
     assert saved["step"] == 3 and saved["args"]["steps"] == 3
     assert model.cfg.upsample == "convex" and saved["args"]["upsample"] == "convex"
 

@@ -41,7 +41,7 @@ def crash_at(monkeypatch, crash_step):
 
 
 def weights(out):
-    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["model"]
+    return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["model"]
 
 
 def log_lines(out):

@@ -29,7 +29,8 @@ def test_torchrun_two_processes_writes_one_loadable_checkpoint(tmp_path):
            "--batch-size", "1", "--workers", "0", "--num-bins", "16", "--out", str(out)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(os.listdir(out)) == ["args.json", "checkpoint.pt", "metrics.jsonl"]  # rank 0 only, no temp files
+    assert sorted(os.listdir(out)) == ["args.json", "checkpoint.pt", "metrics.jsonl", "student"]  # rank 0 only
+    assert sorted(os.listdir(out / "student")) == ["config.json", "model.safetensors"]  # no temp files either
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2]  # one writer, not two
     model, ckpt = load_checkpoint(str(out / "checkpoint.pt"))
@@ -99,7 +100,7 @@ def test_one_step_on_two_ranks_of_batch_1_equals_one_rank_of_batch_2(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     torch.multiprocessing.spawn(ddp_rank, args=(2, port, str(tmp_path)), nprocs=2)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     reference = one_step(0, 1, batch_size=2)
     for k, v in reference.state_dict().items():
         torch.testing.assert_close(ranks[0]["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)

@@ -109,9 +109,9 @@ def test_offline_env_is_read_at_call_time(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    assert not T._hub_offline()
+    assert not T.hub_offline()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # set after huggingface_hub was imported
-    assert T._hub_offline()
+    assert T.hub_offline()
 
 
 def test_random_teacher_small_runs():
