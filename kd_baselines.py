@@ -15,13 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from losses import full_resolution_farness, silog, valid_mask
+from losses import full_resolution_farness, silog, teacher_unclipped, valid_mask
 
 # Eq. (21): a view's alignment exists when var(r_hat) over its LiDAR pixels exceeds this (r_hat in [0, 1]).
 FIT_MIN_DET = 1e-8
-# Eq. (21), teacher_pixels="unclipped": s within this of 0 or 1 counts as clipped by Eq. (6)'s percentiles
-# (half a level of the teacher cache's 8-bit s, cache.FARNESS_LEVELS = 255).
-CLIPPED_EPS = 0.5 / 255
 TEACHER_PIXELS = ("all", "unclipped")  # the pixels response KD reads the teacher on (Eq. 21)
 
 
@@ -93,7 +90,7 @@ def response_kd(pred, farness, target, mask, min_depth, max_depth, omega=None, l
     if lidar_radius is not None:
         pixels = pixels & ~lidar_neighbourhood(mask, lidar_radius)  # Eq. (23)
     if teacher_pixels == "unclipped":
-        pixels = pixels & (farness > CLIPPED_EPS) & (farness < 1.0 - CLIPPED_EPS)
+        pixels = pixels & teacher_unclipped(farness)
     elif teacher_pixels != "all":
         raise ValueError(f"teacher_pixels must be one of {TEACHER_PIXELS}, got {teacher_pixels!r}")
     return silog(pred, depth, pixels)

@@ -119,6 +119,9 @@ def get_args(argv=None):
     p.add_argument("--lambda-ckd", type=float, default=0.1,
                    help="weight of L_CKD (Eq. 17); 0 turns CKD off (0.1: see the README's ablation)")
     p.add_argument("--lambda-cross", type=float, default=1.0, help="lambda_x, weight of L_cross inside L_CKD (Eq. 11)")
+    p.add_argument("--lambda-xdense", type=float, default=0.0,
+                   help="lambda_d, weight of CKD's dense term L_xd inside L_CKD (Eqs. 11, 25): the student's depth "
+                        "toward the teacher's bins read through its own centers, on every unclipped pixel")
     p.add_argument("--ckd-centers", default="shared", choices=["shared", "cross"],
                    help="with CKD, what trains the bin centers: every loss (shared), or L_cross alone (cross: "
                         "L_si of Eq. 15 reads them without gradient, so each bin keeps the teacher's meaning)")
@@ -260,7 +263,8 @@ def loss_config(args):
     """The hyperparameters of Eq. (17) from the command line -> losses.LossConfig."""
     d_min, d_max = depth_range(args.data)
     return losses.LossConfig(pairs=ADJACENT_PAIRS, min_depth=d_min, max_depth=d_max, beta_bins=args.beta_bins,
-                             lambda_ckd=args.lambda_ckd, lambda_cross=args.lambda_cross, tau=args.tau,
+                             lambda_ckd=args.lambda_ckd, lambda_cross=args.lambda_cross,
+                             lambda_xdense=args.lambda_xdense, tau=args.tau,
                              sigma=args.sigma, lambda_vr=args.lambda_vr, vr_strip=args.vr_strip,
                              vr_grid=tuple(args.vr_grid), vr_tau=args.vr_tau, vr_student=args.vr_student,
                              teacher_norm=args.teacher_norm)
