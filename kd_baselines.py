@@ -32,7 +32,7 @@ def aligned_teacher_depth(farness, target, mask, min_depth, max_depth):
     Per view, (alpha, beta) = argmin sum_M (alpha r_hat + beta - 1 / D*)^2 (closed form);
     D_T = 1 / clamp(alpha r_hat + beta, 1 / max_depth, 1 / min_depth), in [min_depth, max_depth].
     Returns (D_T (B, N, 1, H, W) meters, fitted (B, N, 1, 1, 1) bool: views with >= 2 valid
-    points and spread in r_hat, the only views whose D_T means anything). No gradient.
+    points, spread in r_hat and alpha > 0, the only views whose D_T means anything). No gradient.
     """
     x = (1.0 - farness.float()).detach()
     w = mask.float()
@@ -43,6 +43,7 @@ def aligned_teacher_depth(farness, target, mask, min_depth, max_depth):
     fitted = (n >= 2) & (det > FIT_MIN_DET * n * n)
     alpha = torch.where(fitted, (n * sxy - sx * sy) / torch.where(fitted, det, torch.ones_like(det)), 0.0)
     beta = torch.where(fitted, (sy - alpha * sx) / n.clamp_min(1.0), 0.0)
+    fitted = fitted & (alpha > 0)  # r grows with 1 / D: a fit with alpha <= 0 would invert the teacher
     disparity = alpha[..., None, None, None] * x + beta[..., None, None, None]  # (B, N, 1, H, W)
     depth = 1.0 / disparity.clamp(1.0 / max_depth, 1.0 / min_depth)
     return depth, fitted[..., None, None, None]

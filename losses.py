@@ -5,7 +5,7 @@ Copy this file alone into another project. Equation numbers refer to the README'
 - `normalised_farness`, `remap_farness`  Eq. (6)  the teacher's scale-invariant farness s
 - `farness_bin_probs`, `teacher_bin_probs`  Eq. (7)  the teacher's bin probabilities P^T
 - `cross_depth`, `cross_interaction_kd`  Eqs. (8)-(11) CKD: the cross depth D_x, L_kd and L_cross
-- `teacher_unclipped`, `cross_depth_kd`  Eq. (25) CKD's dense term: D_hat toward the detached D_x
+- `teacher_unclipped`       the pixels where Eq. (6) did not clip the teacher (used by Eq. 21)
 - `border_tokens`         Eq. (12)  pooled, L2-normalised border-strip tokens of each view
 - `border_similarity`     Eq. (13)  cosine similarities of adjacent border tokens (before tau_v)
 - `relational_kd`         Eqs. (13)-(14) VRKD from border tokens
@@ -32,7 +32,7 @@ FARNESS_Q_HI = 0.98
 # below which the log-disparity farness saturates at 1; 1/64 spans the 1.25-80 m range.
 LOG_FARNESS_FLOOR = 1.0 / 64.0
 FARNESS_MODES = ("affine", "log", "rank")  # the teacher normalisations of Eq. (6) (README, Eq. 6 study)
-# Eqs. (21), (25): s within this of 0 or 1 counts as clipped by Eq. (6)'s percentiles (half a level of
+# Eq. (21): s within this of 0 or 1 counts as clipped by Eq. (6)'s percentiles (half a level of
 # the teacher cache's 8-bit s, 255 levels): there the teacher has no depth of its own (the sky among them).
 CLIPPED_EPS = 0.5 / 255
 # Eq. (15): the SILog constants of AdaBins / BTS. alpha scales the loss to the range of the
@@ -186,20 +186,6 @@ def teacher_unclipped(farness):
     return (farness > CLIPPED_EPS) & (farness < 1.0 - CLIPPED_EPS)
 
 
-def cross_depth_kd(pred, cross, farness, omega=None):
-    """CKD's dense term, Eq. (25): L_xd = SILog(D_hat, sg(D_x)) over the pixels where the teacher is
-    unclipped (`teacher_unclipped`, and omega).
-
-    pred: (B, N, 1, H, W) the student's depth D_hat in meters; cross: (B, N, 1, H, W) the cross depth D_x of
-    Eq. (8), detached here: the teacher's bin probabilities read through the student's own metric centers,
-    which L_cross (Eq. 9) fits to the LiDAR. farness: (B, N, 1, H, W) the teacher's s of Eq. (6); omega: None
-    or bool (B, N, 1, H, W). Every pixel counts, with or without LiDAR, labelled image or not: the teacher's
-    structure reaches D_hat as depth, at the student's own metric scale. Returns a scalar.
-    """
-    pixels = teacher_unclipped(farness) if omega is None else teacher_unclipped(farness) & omega
-    return silog(pred, cross.detach(), pixels)
-
-
 def cross_interaction_kd(logits, centers, teacher_probs, target, mask, tau=1.0, omega=None):
     """Cross-interaction knowledge distillation, Eqs. (8)-(11). Returns {'kd': L_kd, 'cross': L_cross}.
 
@@ -332,7 +318,6 @@ class LossConfig:
     beta_bins: float = 0.0  # beta, weight of the bin chamfer of Eq. (16); AdaBins uses 0.1
     lambda_ckd: float = 0.1  # weight of L_CKD in Eq. (17); 0 turns CKD off
     lambda_cross: float = 1.0  # lambda_x, weight of L_cross inside L_CKD, Eq. (11)
-    lambda_xdense: float = 0.0  # lambda_d, weight of the dense cross-depth term L_xd inside L_CKD, Eqs. (11), (25)
     tau: float = 1.0  # temperature of the bin KD, Eq. (10)
     sigma: float = None  # width of the teacher's soft bins, Eq. (7); None: 1 / K
     lambda_vr: float = 1.0  # weight of L_VRKD in Eq. (17); 0 turns VRKD off
@@ -355,7 +340,7 @@ def full_resolution_farness(farness, size):
 
 def objective(out, target, cfg, farness=None, teacher_tokens=None, omega=None):
     """The training objective, Eq. (17):
-    L = L_si + beta L_bins + lambda_ckd (L_kd + lambda_x L_cross + lambda_d L_xd) + lambda_vr L_VRKD.
+    L = L_si + beta L_bins + lambda_ckd (L_kd + lambda_x L_cross) + lambda_vr L_VRKD.
 
     out: the student's outputs, {'depth' (B, N, 1, H, W) m, 'logits' (B, N, K, h, w),
         'centers' (B, N, K) m, 'features' (B, N, C, h', w')}.
@@ -375,7 +360,7 @@ def objective(out, target, cfg, farness=None, teacher_tokens=None, omega=None):
     Every term is computed in float32 with autocast off, whatever precision the forward ran in:
     the einsums of Eqs. (5), (8) and (13) lose too much in bf16.
     Returns (scalar loss, {term name: detached float32 scalar}) with the terms 'si', 'bins' and,
-    when switched on, 'kd', 'cross', 'xdense', 'vr'.
+    when switched on, 'kd', 'cross', 'vr'.
     """
     with torch.autocast(target.device.type, enabled=False):
         out = {k: v.float() for k, v in out.items()}
@@ -387,15 +372,11 @@ def objective(out, target, cfg, farness=None, teacher_tokens=None, omega=None):
         loss = terms["si"] + cfg.beta_bins * terms["bins"] if cfg.beta_bins > 0 else terms["si"]
         if cfg.lambda_ckd > 0:
             k = out["logits"].shape[2]
-            affine = full_resolution_farness(farness, target.shape[-2:])  # s of Eq. (6), (B, N, 1, H, W)
-            s = remap_farness(affine, cfg.teacher_norm)  # Eq. (6) in cfg's normalisation
+            s = remap_farness(full_resolution_farness(farness, target.shape[-2:]), cfg.teacher_norm)  # Eq. (6)
             probs = farness_bin_probs(s, k, cfg.sigma)  # Eq. (7), (B, N, K, H, W)
             ckd = cross_interaction_kd(out["logits"], out["centers"], probs, target, mask, cfg.tau, omega)
             terms.update(ckd)
             loss = loss + cfg.lambda_ckd * (ckd["kd"] + cfg.lambda_cross * ckd["cross"])  # Eq. (11)
-            if cfg.lambda_xdense > 0:  # Eq. (25): the teacher's structure as depth, through the student's centers
-                terms["xdense"] = cross_depth_kd(out["depth"], cross_depth(probs, out["centers"]), affine, omega)
-                loss = loss + cfg.lambda_ckd * cfg.lambda_xdense * terms["xdense"]
         if cfg.lambda_vr > 0:
             feats = out["features"] if cfg.vr_student == "features" else torch.softmax(out["logits"], dim=2)
             student_tokens = border_tokens(feats, cfg.vr_strip, tuple(cfg.vr_grid), omega)  # Eq. (12)

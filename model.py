@@ -190,13 +190,11 @@ class Student(nn.Module):
         s16 = e.layer3(s8)
         return [s2, s4, s8, s16, e.layer4(s16)]
 
-    def forward(self, images, detach_centers=False):
+    def forward(self, images):
         """images (B, N, 3, H, W) in [0, 1], H and W multiples of 32 -> dict of
         depth (B, N, 1, H, W) meters, logits (B, N, K, H/s, W/s) with s = 32 / 2**len(decoder_channels)
         (s = 4 by default), centers (B, N, K) meters, features (B, N, C, H/f, W/f) with
-        f = 16 / 2**feature_level (8 by default): the decoder stage VRKD distills (Eq. 12).
-        detach_centers: the depth of Eq. (5) reads the centers without their gradient (the same values), so a
-        loss on `depth` trains the bin probabilities but not the centers (README, Eq. 15 with CKD)."""
+        f = 16 / 2**feature_level (8 by default): the decoder stage VRKD distills (Eq. 12)."""
         b, n, _, h, w = images.shape
         if h % ENCODER_STRIDE or w % ENCODER_STRIDE:
             raise ValueError(f"image size {h}x{w} must be a multiple of {ENCODER_STRIDE}")
@@ -216,8 +214,7 @@ class Student(nn.Module):
         widths = torch.softmax(self.bin_mlp(pooled), dim=-1)  # Eq. (2), (B, N, K)
         centers = bins_to_centers(widths, self.cfg.min_depth, self.cfg.max_depth)  # Eq. (3)
 
-        depth = hybrid_depth(logits, centers.detach() if detach_centers else centers)  # Eqs. (4)-(5)
-        depth = depth.flatten(0, 1)  # (B*N, 1, H/s, W/s)
+        depth = hybrid_depth(logits, centers).flatten(0, 1)  # Eqs. (4)-(5), (B*N, 1, H/s, W/s)
         if self.upsample_head is not None:
             depth = convex_upsample(depth, self.upsample_head(y))  # (B*N, 1, H, W)
         else:

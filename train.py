@@ -49,7 +49,7 @@ from viz import write_curves
 DEFAULT_STEPS = {"synthetic": 300, "nuscenes": 30000, "ddad": 30000}
 # Default training length with --train-scenes N: where the supervised baseline has plateaued on the
 # validation split (docs/EXPERIMENTS.md, section 6); numbers of scenes not listed take the next larger one's.
-SCENE_STEPS = {16: 300, 64: 300}
+SCENE_STEPS = {16: 1200, 64: 2400}
 # One-cycle schedule (Smith 2018, as AdaBins trains): warm up for this fraction of the steps
 # from max_lr / ONE_CYCLE_DIV to max_lr, then cosine down to max_lr / ONE_CYCLE_FINAL_DIV.
 ONE_CYCLE_WARMUP = 0.1
@@ -119,12 +119,6 @@ def get_args(argv=None):
     p.add_argument("--lambda-ckd", type=float, default=0.1,
                    help="weight of L_CKD (Eq. 17); 0 turns CKD off (0.1: see the README's ablation)")
     p.add_argument("--lambda-cross", type=float, default=1.0, help="lambda_x, weight of L_cross inside L_CKD (Eq. 11)")
-    p.add_argument("--lambda-xdense", type=float, default=0.0,
-                   help="lambda_d, weight of CKD's dense term L_xd inside L_CKD (Eqs. 11, 25): the student's depth "
-                        "toward the teacher's bins read through its own centers, on every unclipped pixel")
-    p.add_argument("--ckd-centers", default="shared", choices=["shared", "cross"],
-                   help="with CKD, what trains the bin centers: every loss (shared), or L_cross alone (cross: "
-                        "L_si of Eq. 15 reads them without gradient, so each bin keeps the teacher's meaning)")
     p.add_argument("--tau", type=float, default=1.0, help="temperature of the bin KD (Eq. 10)")
     p.add_argument("--sigma", type=float, default=None, help="width of the teacher's soft bins (Eq. 7; default 1/K)")
     p.add_argument("--teacher-norm", default="affine", choices=losses.FARNESS_MODES,
@@ -263,8 +257,7 @@ def loss_config(args):
     """The hyperparameters of Eq. (17) from the command line -> losses.LossConfig."""
     d_min, d_max = depth_range(args.data)
     return losses.LossConfig(pairs=ADJACENT_PAIRS, min_depth=d_min, max_depth=d_max, beta_bins=args.beta_bins,
-                             lambda_ckd=args.lambda_ckd, lambda_cross=args.lambda_cross,
-                             lambda_xdense=args.lambda_xdense, tau=args.tau,
+                             lambda_ckd=args.lambda_ckd, lambda_cross=args.lambda_cross, tau=args.tau,
                              sigma=args.sigma, lambda_vr=args.lambda_vr, vr_strip=args.vr_strip,
                              vr_grid=tuple(args.vr_grid), vr_tau=args.vr_tau, vr_student=args.vr_student,
                              teacher_norm=args.teacher_norm)
@@ -454,7 +447,7 @@ def main(argv=None):
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):  # the forward only
-            out = net(batch["images"], detach_centers=args.ckd_centers == "cross" and args.lambda_ckd > 0)
+            out = net(batch["images"])
         loss, terms = losses.objective(out, batch["depth"], objective_cfg, farness, tokens,  # Eq. (17), fp32
                                        batch.get("omega"))  # omega: DDAD's masks
         if baseline_cfg.active:  # the existing-KD baselines, Eqs. (21)-(23)

@@ -70,6 +70,7 @@ def test_aligned_teacher_depth_least_squares_and_clamp():
     target = view([1.0, 1.0, 2.0, 0.0, 0.0])
     depth, _ = kd_baselines.aligned_teacher_depth(s, target, target > 0, 0.1, 80.0)
     torch.testing.assert_close(depth.flatten()[3:], torch.tensor([1 / 0.875, 80.0]))
+    assert not bool(kd_baselines.aligned_teacher_depth(s, target, target > 0, 0.1, 80.0)[1].any())  # alpha < 0
     # A view with a single LiDAR point has no alignment.
     _, fitted = kd_baselines.aligned_teacher_depth(s, view([1.0, 0, 0, 0, 0]), view([1.0, 0, 0, 0, 0]) > 0, 0.1, 80.0)
     assert fitted.flatten().tolist() == [False]

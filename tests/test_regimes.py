@@ -194,28 +194,6 @@ def test_regime_map_shares_the_labelled_baseline_and_pairs_the_goal_rows():
     assert regime.references("+CKD") == ["baseline"] and regime.references("baseline") == []
 
 
-def test_detached_centers_keep_the_depth_and_move_its_gradient_to_the_probabilities_alone():
-    from model import Student, StudentConfig
-    torch.manual_seed(0)
-    model = Student(StudentConfig(num_bins=8, image_size=(64, 96)))
-    images = torch.rand(1, 6, 3, 64, 96)
-    plain, cut = model(images), model(images, detach_centers=True)
-    torch.testing.assert_close(plain["depth"], cut["depth"])
-    grads = {}
-    for name, out in (("plain", plain), ("cut", cut)):
-        model.zero_grad()
-        out["depth"].mean().backward()
-        grads[name] = {n: None if p.grad is None else p.grad.abs().sum() for n, p in model.named_parameters()}
-    mlp = [n for n in grads["plain"] if n.startswith("bin_mlp")]
-    head = [n for n in grads["plain"] if n.startswith("logit_head")]
-    assert all(grads["plain"][n] > 0 for n in mlp) and all(grads["cut"][n] in (None, 0) for n in mlp)
-    assert all(grads["cut"][n] > 0 for n in head)
-    # The centers still carry their own gradient (L_cross of Eq. 9 trains them).
-    model.zero_grad()
-    model(images, detach_centers=True)["centers"].sum().backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in mlp)
-
-
 def test_response_kd_on_unclipped_teacher_pixels_by_hand():
     # The exact-fit view of test_baselines: s = (0, 0.5, 1, 0.25), LiDAR on the first three, D_T = (4/3, 2, 4, 1.6).
     # "unclipped" keeps 0 < s < 1: pixels 1 and 3. The student 2x the teacher on pixel 1, 3x on pixel 3,
@@ -250,3 +228,16 @@ def test_teacher_memo_returns_exactly_what_the_teacher_gives_and_runs_it_once_pe
     direct = teacher_pass(teacher, batch([1, 2, 0]))
     assert all(torch.equal(a, b) for a, b in zip(again, direct))
     assert torch.equal(first[0][1], again[0][0])
+
+
+def test_an_inverting_fit_is_no_fit():
+    # LiDAR depths that grow with r_hat (the teacher says near where the LiDAR says far): alpha < 0, so the
+    # view has no D_T, and self-alignment on a student that inverts the teacher gives none either.
+    s, target = view([0.0, 0.5, 1.0, 0.25]), view([1.0, 2.0, 4.0, 0.0])  # r_hat = (1, 0.5, 0) vs 1/D = (1, .5, .25)
+    _, fitted = kd_baselines.aligned_teacher_depth(s, target, target > 0, 0.1, 80.0)
+    assert bool(fitted.all())
+    _, inverted = kd_baselines.aligned_teacher_depth(s, view([4.0, 2.0, 1.0, 0.0]), target > 0, 0.1, 80.0)
+    assert not bool(inverted.any())
+    none = torch.zeros_like(s)
+    assert float(kd_baselines.response_kd(view([4.0, 2.0, 1.0, 3.0]), view([0.0, 0.5, 0.75, 0.25]), none, none > 0,
+                                          0.1, 80.0, self_align=True)) == 0.0
