@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from cli import DatasetError, atomic_path
-from rig import (CACHE_SUBPIXEL, CAMERAS, MIN_DEPTH, decode_points, encode_points, render_sparse_depth,
-                 scale_intrinsics, unproject_pixels)
+from rig import (CACHE_SUBPIXEL, CAMERAS, MIN_DEPTH, decode_points, encode_points, quaternion_matrix,
+                 render_sparse_depth, scale_intrinsics, unproject_pixels)
 
 # Devkit version -> its splits in `nuscenes.utils.splits.create_splits_scenes()`. The full 'val'
 # split (150 scenes, 6,019 keyframe samples) is the evaluation protocol of SurroundDepth.
@@ -30,11 +30,15 @@ COLOR_JITTER = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
 
 
 def _pose(record, inverse=False):
-    """(4, 4) float64 transform of a devkit record: 'translation' (m), 'rotation' (w, x, y, z)."""
-    from nuscenes.utils.geometry_utils import transform_matrix  # devkit: imported on use
-    from pyquaternion import Quaternion
-
-    return transform_matrix(record["translation"], Quaternion(record["rotation"]), inverse=inverse)
+    """(4, 4) float64 transform of a table record: 'translation' (m), 'rotation' (w, x, y, z); with
+    inverse, its inverse (the devkit's `transform_matrix`, in numpy: the tables need no devkit here)."""
+    rotation, translation = quaternion_matrix(record["rotation"]), np.asarray(record["translation"], np.float64)
+    pose = np.eye(4)
+    if inverse:
+        pose[:3, :3], pose[:3, 3] = rotation.T, -rotation.T @ translation
+    else:
+        pose[:3, :3], pose[:3, 3] = rotation, translation
+    return pose
 
 
 def _index_sample(nusc, sample, lidar_sweeps):
@@ -182,25 +186,7 @@ class NuScenesSurround(torch.utils.data.Dataset):
             raise DatasetError(f"nuScenes tables {table_dir} not found: extract the {version} "
                                f"metadata archive into {dataroot}, or pass a version it has "
                                f"({', '.join(found) or 'none'})")
-        from nuscenes.nuscenes import NuScenes  # devkit: heavy (matplotlib, cv2), imported on use
-        from nuscenes.utils.splits import create_splits_scenes
-
-        try:
-            nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
-        except (AssertionError, OSError, KeyError, ValueError) as error:  # bad JSON: ValueError
-            message = str(error).replace("\n", " ")
-            raise DatasetError(f"nuScenes tables in {table_dir} do not load ({message}): "
-                               f"re-extract the {version} metadata archive") from None
-        scene_names = set(create_splits_scenes()[split])
-        # Only the tables are kept, as plain arrays: no devkit object lives on in the dataset,
-        # so DataLoader workers neither copy nor pickle the (multi-GB for trainval) tables.
-        self.samples = []
-        for scene in nusc.scene:
-            token = scene["first_sample_token"] if scene["name"] in scene_names else ""
-            while token:
-                sample = nusc.get("sample", token)
-                self.samples.append(_index_sample(nusc, sample, lidar_sweeps))
-                token = sample["next"]
+        self.samples = self._index(dataroot, version, split, lidar_sweeps)
         if not self.samples:
             raise DatasetError(f"no scene of split {split!r} in {table_dir}: check the version")
         self.dataroot, self.image_size, self.min_z = dataroot, tuple(image_size), min_z
@@ -216,6 +202,30 @@ class NuScenesSurround(torch.utils.data.Dataset):
             from torchvision.transforms import ColorJitter
 
             self.jitter = ColorJitter(**COLOR_JITTER)
+
+    def _index(self, dataroot, version, split, lidar_sweeps):
+        """The samples of the scenes of `split`, each indexed by `_index_sample`: read through the devkit
+        (its tables and `create_splits_scenes`)."""
+        from nuscenes.nuscenes import NuScenes  # devkit: heavy (matplotlib, cv2), imported on use
+        from nuscenes.utils.splits import create_splits_scenes
+
+        try:
+            nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
+        except (AssertionError, OSError, KeyError, ValueError) as error:  # bad JSON: ValueError
+            message = str(error).replace("\n", " ")
+            raise DatasetError(f"nuScenes tables in {os.path.join(dataroot, version)} do not load ({message}): "
+                               f"re-extract the {version} metadata archive") from None
+        scene_names = set(create_splits_scenes()[split])
+        # Only the tables are kept, as plain arrays: no devkit object lives on in the dataset,
+        # so DataLoader workers neither copy nor pickle the (multi-GB for trainval) tables.
+        samples = []
+        for scene in nusc.scene:
+            token = scene["first_sample_token"] if scene["name"] in scene_names else ""
+            while token:
+                sample = nusc.get("sample", token)
+                samples.append(_index_sample(nusc, sample, lidar_sweeps))
+                token = sample["next"]
+        return samples
 
     def __len__(self):
         return len(self.samples)
