@@ -84,7 +84,8 @@ class DevicePipeline:
 
     def _network(self, views):
         dtype = PRECISIONS[self.precision]
-        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        autocast = (torch.autocast(self.device.type, dtype=dtype, cache_enabled=False)  # no cached casts in a graph
+                    if dtype else contextlib.nullcontext())
         with torch.inference_mode(), autocast:
             return self.network(views)
 

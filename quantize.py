@@ -95,7 +95,7 @@ def quantize_int8(fp32_path, out_path, reader, per_channel=True, method="minmax"
 
     prepared = out_path + ".prep.onnx"
     try:
-        quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)  # shapes and fusions first, as onnxruntime advises
+        quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)  # shapes, fusions first (onnxruntime's advice)
         proto = onnx.load(prepared)  # node names after the fusions: what nodes_to_exclude must name
         excluded = sorted(head_nodes(proto, bins=head == "float-bins")) if head != "quantized" else []
         quantize_static(prepared, out_path, reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,

@@ -10,8 +10,11 @@ host memory to depth at 1600 x 900 in host memory (resize in and out included). 
 median of --runs; frames per second of whole surround frames; parameters; peak memory. On the CPU
 the clock is the wall clock; on CUDA, CUDA events after synchronising, in fp32 and autocast
 fp16 (or bf16). onnxruntime runs on its CPU execution provider, every graph optimisation on, as
-many intra-op threads as torch. Then the cost of a training step: supervised vs CKD + VRKD from
-cached teacher targets vs with the teacher run live, interleaved on the same batch.
+many intra-op threads as torch; the int8 row runs the same file quantized (quantize.py). Then the
+cost of a training step: supervised vs CKD + VRKD from cached teacher targets vs with the teacher
+run live, interleaved on the same batch. On CUDA, last, the device pipeline stage by stage
+(pipeline.py, CUDA graphs; benchmarks/stages.py) beside DA-V2 Small at its best precision; --json
+writes every row.
 """
 import argparse
 import contextlib

@@ -120,7 +120,8 @@ def stage_rows(models, precisions, native_size, image_size, device, runs, warmup
             pipe.host_in.copy_(torch.from_numpy(frames))  # the frames are in pinned memory, as a decoder leaves them
             clock = EventClock() if device.type == "cuda" else WallClock()
             seconds = stage_seconds(pipe, clock, runs, warmup)
-            rows.append({"model": name, "precision": precision, "graph": "yes" if pipe.graphed else f"no ({pipe.fallback})",
+            graphed = "yes" if pipe.graphed else f"no ({pipe.fallback})"
+            rows.append({"model": name, "precision": precision, "graph": graphed,
                          "attention": attention, **seconds})
             del pipe
             if device.type == "cuda":
