@@ -27,7 +27,7 @@ from data import UINT8_MAX
 QUANTIZE_CHOICES = ("none", "int8")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")  # onnxruntime's CalibrationMethod names, lower case
 HEAD_CHOICES = ("quantized", "float", "float-bins")  # --int8-head: what of the depth head stays float
-MAX_ABSREL_CHANGE = 0.01  # the int8 file is refused when its AbsRel exceeds the fp32 student's by more than 1 %
+MAX_ABSREL_CHANGE = 0.01  # the int8 file is refused when its AbsRel is more than 1 % (relative) from the fp32 one
 DEVIATION_PERCENTILE = 99  # besides max and mean, the 99th percentile of the per-pixel relative deviation
 LOGIT_HEAD_WEIGHT = "logit_head.weight"  # the initializer of the bin-logit conv of Eq. (4) (`Student.logit_head`)
 POOL_OP = "ReduceMean"  # the global average pooling of Eq. (2), where the bin MLP starts

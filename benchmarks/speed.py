@@ -106,7 +106,7 @@ def export_for_speed(image_size, folder, encoder, int8=False):
     (so the exporter's memory is not counted); with int8, quantize it (quantize.py, calibrated on
     CALIBRATION_FRAMES random frames) -> (path, parameters in millions, max relative deviation of
     onnxruntime's depth from the torch student's on one random frame)."""
-    from export import INPUT_NAME, OnnxStudent, export_onnx, max_relative_deviation, torch_depth
+    from export import DEFAULT_INT8_HEAD, INPUT_NAME, OnnxStudent, export_onnx, max_relative_deviation, torch_depth
     from model import Student, StudentConfig
     from quantize import CalibrationViews, quantize_int8
 
@@ -116,8 +116,8 @@ def export_for_speed(image_size, folder, encoder, int8=False):
     export_onnx(student, path)
     if int8:
         frames = [{"images": torch.rand(NUM_VIEWS, 3, *image_size)} for _ in range(CALIBRATION_FRAMES)]
-        quantize_int8(path, path.replace(".onnx", "-int8.onnx"), CalibrationViews(frames, range(len(frames)),
-                                                                                   INPUT_NAME))
+        reader = CalibrationViews(frames, range(len(frames)), INPUT_NAME)
+        quantize_int8(path, path.replace(".onnx", "-int8.onnx"), reader, head=DEFAULT_INT8_HEAD)  # as export.py
         path = path.replace(".onnx", "-int8.onnx")
     x = torch.rand(NUM_VIEWS, 3, *image_size)
     deviation = max_relative_deviation(OnnxStudent(path)(x[None])["depth"][0], torch_depth(student, x))

@@ -206,7 +206,8 @@ def get_args(argv=None):
                    help="live: the teacher runs in every step; cache: its targets are read from a cache")
     p.add_argument("--teacher-precision", nargs="+", default=["fp32"], choices=list(PRECISIONS),
                    help="autocast of the live teacher, one row each (train.py runs it in fp32)")
-    p.add_argument("--amp", default="bf16", choices=list(PRECISIONS), help="autocast of the student forward")
+    p.add_argument("--amp", default="auto", choices=["auto", *PRECISIONS],
+                   help="autocast of the student forward (auto: bf16 on CUDA, fp32 on the CPU, as train.py)")
     p.add_argument("--image-size", type=int, nargs=2, default=(352, 640), metavar=("H", "W"), help="input per view")
     p.add_argument("--batch-size", type=int, default=8, help="surround samples per step")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
@@ -223,6 +224,8 @@ def get_args(argv=None):
     args = p.parse_args(argv)
     if min(args.batch_size, args.steps) < 1 or args.warmup < 0 or args.workers < 0:
         p.error("--batch-size and --steps must be >= 1, --warmup and --workers >= 0")
+    if args.amp == "auto":  # bf16 convolutions on a CPU without bf16 units are emulated: many times slower
+        args.amp = "bf16" if torch.device(args.device).type == "cuda" else "fp32"
     return args
 
 
