@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from cli import DatasetError, atomic_path
-from rig import (CACHE_SUBPIXEL, decode_points, encode_points, render_sparse_depth, scale_intrinsics,
-                 unproject_pixels)
+from rig import (CACHE_SUBPIXEL, decode_points, encode_points, quaternion_matrix, render_sparse_depth,
+                 scale_intrinsics, unproject_pixels)
 
 # DDAD's cameras in the ring order of rig.CAMERAS (clockwise seen from above, from the front):
 # front, front-right, back-right, back, back-left, front-left (DDAD's sensor figure; the yaws of
@@ -61,13 +61,8 @@ def _pose(record):
     """(4, 4) float64 sensor -> parent transform of a dgp Pose {'translation': {x, y, z},
     'rotation': {qw, qx, qy, qz}} (Hamilton quaternion, either sign); absent fields are 0."""
     t, r = record.get("translation", {}), record.get("rotation", {})
-    w, x, y, z = (float(r.get(k, 0.0)) for k in ("qw", "qx", "qy", "qz"))
-    norm = np.sqrt(w * w + x * x + y * y + z * z)
-    w, x, y, z = w / norm, x / norm, y / norm, z / norm
     pose = np.eye(4)
-    pose[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                    [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                    [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]]
+    pose[:3, :3] = quaternion_matrix([float(r.get(k, 0.0)) for k in ("qw", "qx", "qy", "qz")])
     pose[:3, 3] = [float(t.get(k, 0.0)) for k in ("x", "y", "z")]
     return pose
 

@@ -11,11 +11,17 @@ Defines
 - `OnnxStudent`: an exported file with the student's inference interface (`infer_images`), what
   `infer.py --onnx` and `benchmark.py speed` run, without building the torch model;
 - the CLI: export, then run the file with onnxruntime on a real surround sample and compare its
-  depth with the torch student's; above MAX_RELATIVE_DEVIATION nothing is written.
+  depth with the torch student's; above MAX_RELATIVE_DEVIATION nothing is written. With
+  `--quantize int8` the checked fp32 file is quantized (quantize.py: QDQ, calibrated on the
+  validation split), its depth deviation from torch reported, and its AbsRel (Eq. 18) on the test
+  split compared with the fp32 student's; more than quantize.MAX_ABSREL_CHANGE apart, nothing is written.
+
+    python export.py --checkpoint CKPT --out student-int8.onnx --quantize int8 [--calibration-samples 16]
 """
 import argparse
 import json
 import os
+import tempfile
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import quantize
 from cli import PROJECT_VERSION, InputError, atomic_path, run_cli
 from data import DATASETS, build_dataset, split_name
 from model import Student, load_student
@@ -31,6 +38,11 @@ from rig import CAMERAS
 ONNX_OPSET = 18  # >= 17 (LayerNormalization); what torch's exporter emits by default
 MAX_RELATIVE_DEVIATION = 1e-3  # the largest |D_onnx - D_torch| / D_torch the check accepts
 INPUT_NAME, OUTPUT_NAME = "images", "depth"
+# int8 (--quantize int8; measured choices, README "Speed" and docs/DEPLOYMENT.md):
+DEFAULT_CALIBRATION_SAMPLES = 16  # surround samples of the validation split (96 views; synthetic val has 32)
+DEFAULT_CALIBRATION = "minmax"
+DEFAULT_INT8_HEAD = "float-bins"  # the bin MLP quantized moves every bin center: 9 % mean depth deviation
+DEFAULT_ACCURACY_SAMPLES = 64  # the whole synthetic test split
 
 
 class ExportError(InputError):
@@ -173,33 +185,111 @@ def get_args(argv=None):
     p.add_argument("--version", default="v1.0-trainval", choices=["v1.0-trainval", "v1.0-mini"],
                    help="nuScenes version")
     p.add_argument("--sample", type=int, default=0, help="index of the surround sample in the test split")
-    return p.parse_args(argv)
+    p.add_argument("--quantize", default="none", choices=quantize.QUANTIZE_CHOICES,
+                   help="int8: write a statically quantized file (onnxruntime QDQ) for the CPU")
+    p.add_argument("--calibration-samples", type=int, default=DEFAULT_CALIBRATION_SAMPLES,
+                   help="int8: surround samples of the validation split the activation ranges are calibrated on")
+    p.add_argument("--calibration", default=DEFAULT_CALIBRATION, choices=quantize.CALIBRATION_METHODS,
+                   help="int8: how the activation ranges are chosen from the calibration samples")
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=True,
+                   help="int8: one weight scale per output channel (--no-per-channel: one per tensor)")
+    p.add_argument("--int8-head", default=DEFAULT_INT8_HEAD, choices=quantize.HEAD_CHOICES,
+                   help="int8: quantized, or float: the bin-logit conv, Eqs. (4)-(5) and the upsampling stay fp32; "
+                        "float-bins: the bin MLP of Eqs. (2)-(3) too")
+    p.add_argument("--accuracy-samples", type=int, default=DEFAULT_ACCURACY_SAMPLES,
+                   help="int8: test samples on which AbsRel of int8 and fp32 is compared (0: skip the check)")
+    args = p.parse_args(argv)
+    if args.calibration_samples < 1 or args.accuracy_samples < 0:
+        p.error("--calibration-samples must be >= 1 and --accuracy-samples >= 0")
+    return args
+
+
+def check_fp32(student, views, path, name):
+    """Export `student` to `path` and compare onnxruntime's depth on `views` (N, 3, H, W) with torch's
+    -> the max relative deviation; ExportError naming the file `name` above MAX_RELATIVE_DEVIATION (NaN too)."""
+    export_onnx(student, path)
+    deviation = max_relative_deviation(OnnxStudent(path)(views[None])["depth"][0], torch_depth(student, views))
+    if not deviation <= MAX_RELATIVE_DEVIATION:
+        raise ExportError(f"{name}: onnxruntime depth deviates from torch by {deviation:.2e} (max "
+                          f"relative) > {MAX_RELATIVE_DEVIATION:g}; nothing was written, report the versions")
+    return deviation
+
+
+def export_int8(args, student, views, tmp):
+    """--quantize int8: the checked fp32 export quantized into `tmp` (quantize.quantize_int8, calibrated on
+    the validation split), its depth on `views` compared with torch, and its AbsRel with the fp32 student's
+    on --accuracy-samples test samples -> {'deviation', 'fp32_deviation', 'accuracy'}; ExportError when
+    the AbsRel differs by more than quantize.MAX_ABSREL_CHANGE (relative, either way)."""
+    options = dict(image_size=student.cfg.image_size, dataroot=args.dataroot, version=args.version)
+    val = build_dataset(args.data, split_name(args.data, args.version, "val"), **options)
+    with tempfile.TemporaryDirectory() as folder:
+        fp32_path = os.path.join(folder, "student-fp32.onnx")
+        fp32_deviation = check_fp32(student, views, fp32_path, args.out)
+        reader = quantize.CalibrationViews(val, range(min(args.calibration_samples, len(val))), INPUT_NAME)
+        quantize.quantize_int8(fp32_path, tmp, reader, args.per_channel, args.calibration, args.int8_head)
+    runner = OnnxStudent(tmp)
+    result = {"deviation": quantize.relative_deviation(runner(views[None])["depth"][0], torch_depth(student, views)),
+              "fp32_deviation": fp32_deviation, "accuracy": None}
+    if args.accuracy_samples:
+        test = build_dataset(args.data, split_name(args.data, args.version, "test"), **options)
+        test = torch.utils.data.Subset(test, range(min(args.accuracy_samples, len(test))))
+        result["accuracy"] = quantize.compare_accuracy(student, runner, test, (student.cfg.min_depth,
+                                                                               student.cfg.max_depth))
+        fp32, int8 = (result["accuracy"][k]["all"]["sparse"]["abs_rel"] for k in ("fp32", "onnx"))
+        if not abs(int8 / fp32 - 1) <= quantize.MAX_ABSREL_CHANGE:  # either way: another model, not the student
+            raise ExportError(f"{args.out}: int8 sparse AbsRel {int8:.4f} is {100 * (int8 / fp32 - 1):+.1f} % from the "
+                              f"fp32 student's {fp32:.4f} (limit {100 * quantize.MAX_ABSREL_CHANGE:g} % either way); "
+                              "nothing was written, try --calibration percentile or more --calibration-samples")
+    return result
+
+
+def print_int8(args, result, num_views):
+    """The int8 report: QDQ nodes, depth deviation from torch, AbsRel of fp32 and int8."""
+    q, dq = quantize.quantized_nodes(args.out)
+    dev = result["deviation"]
+    print(f"int8 QDQ ({q} QuantizeLinear, {dq} DequantizeLinear), calibrated on {args.calibration_samples} "
+          f"{args.data} validation samples ({args.calibration}, per-channel {args.per_channel}, head {args.int8_head})")
+    print(f"int8 vs torch fp32 on {args.data} test sample {args.sample} ({num_views} views): relative depth deviation "
+          f"max {dev['max']:.2e}, mean {dev['mean']:.2e}, p{quantize.DEVIATION_PERCENTILE} "
+          f"{dev[f'p{quantize.DEVIATION_PERCENTILE}']:.2e} (the fp32 file: max {result['fp32_deviation']:.2e})")
+    if result["accuracy"] is None:
+        print("AbsRel not compared (--accuracy-samples 0)")
+        return
+    for kind in result["accuracy"]["fp32"]["all"]:
+        fp32, int8 = (result["accuracy"][k]["all"][kind]["abs_rel"] for k in ("fp32", "onnx"))
+        print(f"{kind} AbsRel on {result['accuracy']['fp32']['num_samples']} {args.data} test samples: fp32 (torch) "
+              f"{fp32:.4f}, int8 {int8:.4f} ({100 * (int8 / fp32 - 1):+.2f} %)")
 
 
 def main(argv=None):
-    """Export, check with onnxruntime, write atomically; returns the max relative deviation."""
+    """Export, check with onnxruntime, write atomically; returns the max relative deviation (with --quantize
+    int8: the dict of `export_int8`)."""
     args = get_args(argv)
     student, _ = load_student(args.checkpoint)
     split = split_name(args.data, args.version, "test")
     dataset = build_dataset(args.data, split, image_size=student.cfg.image_size, dataroot=args.dataroot,
                             version=args.version)
     views = dataset[args.sample]["images"]  # (N, 3, H, W): a real input for the check
+    if views.dtype == torch.uint8:
+        views = views.float() / quantize.UINT8_MAX
     try:
         with atomic_path(args.out) as tmp:
-            export_onnx(student, tmp)
-            deviation = max_relative_deviation(OnnxStudent(tmp)(views[None])["depth"][0], torch_depth(student, views))
-            if not deviation <= MAX_RELATIVE_DEVIATION:  # NaN fails too
-                raise ExportError(f"{args.out}: onnxruntime depth deviates from torch by {deviation:.2e} (max "
-                                  f"relative) > {MAX_RELATIVE_DEVIATION:g}; nothing was written, report the versions")
+            if args.quantize == "int8":
+                result = export_int8(args, student, views, tmp)
+            else:
+                result = check_fp32(student, views, tmp, args.out)
     except OSError as err:
         raise ExportError(f"{args.out}: cannot write it ({err.strerror or err}); "
                           "pass --out in a writable folder") from None
     h, w = student.cfg.image_size
     print(f"{args.out}: opset {ONNX_OPSET}, N x 3 x {h} x {w} -> N x 1 x {h} x {w} meters, "
           f"{os.path.getsize(args.out) / 2**20:.1f} MB")
-    print(f"onnxruntime vs torch on {args.data} {split} sample {args.sample} ({len(views)} views): "
-          f"max relative deviation {deviation:.2e} (limit {MAX_RELATIVE_DEVIATION:g})")
-    return deviation
+    if args.quantize == "int8":
+        print_int8(args, result, len(views))
+    else:
+        print(f"onnxruntime vs torch on {args.data} {split} sample {args.sample} ({len(views)} views): "
+              f"max relative deviation {result:.2e} (limit {MAX_RELATIVE_DEVIATION:g})")
+    return result
 
 
 if __name__ == "__main__":

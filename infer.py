@@ -39,6 +39,7 @@ from data import DATASETS, build_dataset, split_name
 from ddad import DDAD_CAMERAS
 from export import OnnxStudent
 from model import load_student
+from pipeline import PipelineStudent
 from pointcloud import surround_points, write_ply
 from rig import CAMERAS
 from viz import depth_figure, save_png, surround_figure, to_uint8
@@ -167,10 +168,13 @@ def write_montages(tiles, out_dir):
 
 
 def load_model(args):
-    """The student of --onnx (onnxruntime) or of --checkpoint (torch, in its inference form)."""
+    """The student of --onnx (onnxruntime) or of --checkpoint (torch, in its inference form; on CUDA the
+    device pipeline of pipeline.py)."""
     if args.onnx:
         return OnnxStudent(args.onnx)
     model, _ = load_student(args.checkpoint, torch.device(args.device))
+    if model.mean.device.type == "cuda":  # uint8 frames uploaded, the rest on the GPU in CUDA graphs (bf16)
+        return PipelineStudent(model, model.mean.device)
     return model.for_inference()  # BatchNorm folded, channels_last: same depth, faster
 
 

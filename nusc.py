@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from cli import DatasetError, atomic_path
-from rig import (CACHE_SUBPIXEL, CAMERAS, MIN_DEPTH, decode_points, encode_points, render_sparse_depth,
-                 scale_intrinsics, unproject_pixels)
+from rig import (CACHE_SUBPIXEL, CAMERAS, MIN_DEPTH, decode_points, encode_points, quaternion_matrix,
+                 render_sparse_depth, scale_intrinsics, unproject_pixels)
 
 # Devkit version -> its splits in `nuscenes.utils.splits.create_splits_scenes()`. The full 'val'
 # split (150 scenes, 6,019 keyframe samples) is the evaluation protocol of SurroundDepth.
@@ -32,11 +32,15 @@ COLOR_JITTER = dict(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
 
 
 def _pose(record, inverse=False):
-    """(4, 4) float64 transform of a devkit record: 'translation' (m), 'rotation' (w, x, y, z)."""
-    from nuscenes.utils.geometry_utils import transform_matrix  # devkit: imported on use
-    from pyquaternion import Quaternion
-
-    return transform_matrix(record["translation"], Quaternion(record["rotation"]), inverse=inverse)
+    """(4, 4) float64 transform of a table record: 'translation' (m), 'rotation' (w, x, y, z); with
+    inverse, its inverse (the devkit's `transform_matrix`, in numpy: the tables need no devkit here)."""
+    rotation, translation = quaternion_matrix(record["rotation"]), np.asarray(record["translation"], np.float64)
+    pose = np.eye(4)
+    if inverse:
+        pose[:3, :3], pose[:3, 3] = rotation.T, -rotation.T @ translation
+    else:
+        pose[:3, :3], pose[:3, 3] = rotation, translation
+    return pose
 
 
 def _index_sample(nusc, sample, lidar_sweeps):
@@ -153,9 +157,8 @@ class CameraFrames(torch.utils.data.Dataset):
     `nusc_sweeps.NuScenesSweeps` has none)."""
 
     def open_split(self, dataroot, version, split, image_size, augment):
-        """Check the arguments, keep dataroot, image_size (H, W) and augment, and load the devkit tables
-        -> (NuScenes object, the split's scene names, the tables folder). A bad argument, folder or
-        table is a one-line DatasetError."""
+        """Check the arguments and keep dataroot, image_size (H, W) and augment -> the tables folder. A bad
+        argument or folder is a one-line DatasetError. The tables are read by `load_split`."""
         if version not in NUSCENES_SPLITS:
             raise DatasetError(f"unsupported nuScenes version {version!r}: use one of "
                                f"{', '.join(NUSCENES_SPLITS)}")
@@ -176,21 +179,12 @@ class CameraFrames(torch.utils.data.Dataset):
             raise DatasetError(f"nuScenes tables {table_dir} not found: extract the {version} "
                                f"metadata archive into {dataroot}, or pass a version it has "
                                f"({', '.join(found) or 'none'})")
-        from nuscenes.nuscenes import NuScenes  # devkit: heavy (matplotlib, cv2), imported on use
-        from nuscenes.utils.splits import create_splits_scenes
-
-        try:
-            nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
-        except (AssertionError, OSError, KeyError, ValueError) as error:  # bad JSON: ValueError
-            message = str(error).replace("\n", " ")
-            raise DatasetError(f"nuScenes tables in {table_dir} do not load ({message}): "
-                               f"re-extract the {version} metadata archive") from None
         self.dataroot, self.image_size, self.augment = dataroot, tuple(image_size), augment
         if augment:
             from torchvision.transforms import ColorJitter
 
             self.jitter = ColorJitter(**COLOR_JITTER)
-        return nusc, set(create_splits_scenes()[split]), table_dir
+        return table_dir
 
     def _load_image(self, path, native_size):
         """(3, H, W) uint8 of a camera JPEG at image_size (`decode_image`, then `resize_image`)."""
@@ -239,10 +233,8 @@ class NuScenesSurround(CameraFrames):
                  augment=False):
         if lidar_sweeps < 1:
             raise DatasetError(f"lidar_sweeps={lidar_sweeps}: use 1 (the keyframe) or more")
-        nusc, scene_names, table_dir = self.open_split(dataroot, version, split, image_size, augment)
-        # Only the tables are kept, as plain arrays: no devkit object lives on in the dataset,
-        # so DataLoader workers neither copy nor pickle the (multi-GB for trainval) tables.
-        self.samples = [_index_sample(nusc, sample, lidar_sweeps) for sample in split_samples(nusc, scene_names)]
+        table_dir = self.open_split(dataroot, version, split, image_size, augment)
+        self.samples = self._index(dataroot, version, split, lidar_sweeps)
         if not self.samples:
             raise DatasetError(f"no scene of split {split!r} in {table_dir}: check the version")
         self.min_z, self.lidar_sweeps = min_z, lidar_sweeps
@@ -253,6 +245,13 @@ class NuScenesSurround(CameraFrames):
         except OSError:
             raise DatasetError(f"cannot create the cache folder {self.cache_dir}: pass a writable "
                                f"cache_dir") from None
+
+    def _index(self, dataroot, version, split, lidar_sweeps):
+        """The samples of the scenes of `split`, each indexed by `_index_sample`, read through the devkit
+        (`load_split`; a subclass may index the JSON tables itself). Only plain arrays are kept: no devkit
+        object lives on in the dataset, so DataLoader workers neither copy nor pickle the tables."""
+        nusc, scene_names = load_split(dataroot, version, split)
+        return [_index_sample(nusc, sample, lidar_sweeps) for sample in split_samples(nusc, scene_names)]
 
     def __len__(self):
         return len(self.samples)
@@ -290,6 +289,21 @@ class NuScenesSurround(CameraFrames):
         return {"images": cameras.pop("images"),  # (N, 3, H, W) uint8
                 "depth": torch.from_numpy(np.stack(depths)[:, None]),  # (N, 1, H, W) float32 meters, 0 = none
                 **cameras}
+
+
+def load_split(dataroot, version, split):
+    """The devkit's tables of a checked dataroot (`CameraFrames.open_split`) -> (NuScenes object, the scene
+    names of `split`); tables that do not load are a one-line DatasetError."""
+    from nuscenes.nuscenes import NuScenes  # devkit: heavy (matplotlib, cv2), imported on use
+    from nuscenes.utils.splits import create_splits_scenes
+
+    try:
+        nusc = NuScenes(version=version, dataroot=dataroot, verbose=False)
+    except (AssertionError, OSError, KeyError, ValueError) as error:  # bad JSON: ValueError
+        message = str(error).replace("\n", " ")
+        raise DatasetError(f"nuScenes tables in {os.path.join(dataroot, version)} do not load ({message}): "
+                           f"re-extract the {version} metadata archive") from None
+    return nusc, set(create_splits_scenes()[split])
 
 
 def split_samples(nusc, scene_names):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from cli import DatasetError
-from nusc import NUSCENES_IMAGE_SIZE, CameraFrames, index_cameras, split_samples
+from nusc import NUSCENES_IMAGE_SIZE, CameraFrames, index_cameras, load_split, split_samples
 from rig import CAMERAS
 
 REFERENCE_CAMERA = "CAM_FRONT"  # the camera whose sweeps define the frames (rig.CAMERAS[0])
@@ -95,7 +95,8 @@ class NuScenesSweeps(CameraFrames):
         if sweeps < 1:
             raise DatasetError(f"{dataroot}: sweeps={sweeps} asks for no camera sweep frame ; use sweeps=1 or more "
                                f"(nuScenes has about {SWEEPS_PER_KEYFRAME} per keyframe)")
-        nusc, scene_names, table_dir = self.open_split(dataroot, version, split, image_size, augment)
+        table_dir = self.open_split(dataroot, version, split, image_size, augment)
+        nusc, scene_names = load_split(dataroot, version, split)
         self.sweeps, self.keyframes, most = sweeps, [], 0
         files, sizes, times, calib_keys, calibrations = [], [], [], [], {}
         for sample in split_samples(nusc, scene_names):

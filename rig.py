@@ -10,6 +10,8 @@ Defines
 - `scale_intrinsics`: intrinsics of a resized image.
 - `encode_points`, `decode_points`, `CACHE_SUBPIXEL`: the compressed cache of projected LiDAR
   points that every real-data loader keeps (nuScenes, DDAD).
+- `quaternion_matrix`: the rotation of a unit quaternion (w, x, y, z), the calibration format of
+  nuScenes and DDAD.
 - `back_project`, `project`, `sample_depth`: pixels -> ego-frame points -> pixels of another
   camera, and the depth there: the lifting of Eq. (20), the bird's-eye figure and point clouds.
 
@@ -39,6 +41,14 @@ MAX_DEPTH = 80.0
 # rounding under 2**-11: 4 cm at 80 m, 10 cm at 200 m, about the LiDARs' range accuracy). 6 bytes a
 # point before compression, ~2.7 after on nuScenes (`encode_points`).
 CACHE_SUBPIXEL = 32
+
+
+def quaternion_matrix(q):
+    """(3, 3) float64 rotation of the Hamilton quaternion q = (w, x, y, z), either sign, normalised here."""
+    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(np.asarray(q, dtype=np.float64))
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
 
 
 def render_sparse_depth(points_cam, intrinsics, height, width, min_z=MIN_DEPTH):

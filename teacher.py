@@ -17,6 +17,7 @@ Every teacher is called as `teacher(images, depth_dense=None)` with images (M, 3
 [0, 1] and returns {'disparity': (M, 1, H, W) float32 relative inverse depth, 'features':
 (M, C, h, w) float32}. Its `name` identifies its outputs (the key of the teacher cache).
 """
+import functools
 import os
 
 import torch
@@ -91,9 +92,16 @@ def preprocess(images, size):
     bicubic overshoot, hence the clamp to [0, 1]. Then the ImageNet mean/std.
     """
     x = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = imagenet_stats(x.device)
     return (x.clamp(0.0, 1.0) - mean) / std  # (M, 3, h, w)
+
+
+@functools.lru_cache(maxsize=None)
+def imagenet_stats(device):
+    """(mean, std) of IMAGENET_MEAN / IMAGENET_STD as (1, 3, 1, 1) tensors on `device`, made once per
+    device: a later call copies nothing to the device (so `preprocess` can be captured in a CUDA graph)."""
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
 
 
 class DepthAnythingTeacher(FrozenTeacher):

@@ -10,11 +10,15 @@ host memory to depth at 1600 x 900 in host memory (resize in and out included). 
 median of --runs; frames per second of whole surround frames; parameters; peak memory. On the CPU
 the clock is the wall clock; on CUDA, CUDA events after synchronising, in fp32 and autocast
 fp16 (or bf16). onnxruntime runs on its CPU execution provider, every graph optimisation on, as
-many intra-op threads as torch. Then the cost of a training step: supervised vs CKD + VRKD from
-cached teacher targets vs with the teacher run live, interleaved on the same batch.
+many intra-op threads as torch; the int8 row runs the same file quantized (quantize.py). Then the
+cost of a training step: supervised vs CKD + VRKD from cached teacher targets vs with the teacher
+run live, interleaved on the same batch. On CUDA, last, the device pipeline stage by stage
+(pipeline.py, CUDA graphs; benchmarks/stages.py) beside DA-V2 Small at its best precision; --json
+writes every row.
 """
 import argparse
 import contextlib
+import json
 import os
 import tempfile
 import time
@@ -25,12 +29,13 @@ import torch.nn.functional as F
 
 import losses
 import train
+from cli import write_text
 
 SPEED_MODELS = ("student-stride2", "student", "student-convex", "student-channels-last", "student-fast",
-                "student-onnxruntime", "student-light-fast", "student-light-onnxruntime", "da-v2-small",
-                "da-v2-base", "student-train-step")
+                "student-onnxruntime", "student-int8-onnxruntime", "student-light-fast", "student-light-onnxruntime",
+                "da-v2-small", "da-v2-base", "student-train-step")
 ON_REQUEST = ("student-fast-convex",)  # what convex upsampling costs in the inference form
-STUDENT_MODELS = SPEED_MODELS[:8] + ON_REQUEST
+STUDENT_MODELS = SPEED_MODELS[:9] + ON_REQUEST
 # What each student row is, so the table shows what each speed change bought:
 # - student-stride2: the first design, a fourth decoder stage (256, 128, 64, 32) down to stride 2;
 # - student: the default, three decoder stages (128, 64, 32) to stride 4, depth upsampled bilinearly;
@@ -38,6 +43,8 @@ STUDENT_MODELS = SPEED_MODELS[:8] + ON_REQUEST
 # - student-channels-last: the default in NHWC memory format;
 # - student-fast: `Student.for_inference()`, BatchNorm folded into the convs and NHWC: what infer.py runs;
 # - student-onnxruntime: the same exported by export.py and run by onnxruntime (`infer.py --onnx`);
+# - student-int8-onnxruntime: that file quantized to int8 (quantize.py, `export.py --quantize int8`), calibrated
+#   here on CALIBRATION_FRAMES random frames (the ranges change the numbers, not the work);
 # - student-light-fast, student-light-onnxruntime: the same two with the light encoder (LIGHT_ENCODER);
 # - student-fast-convex (not in the default list): the inference form with convex upsampling.
 LIGHT_ENCODER = "regnet_x_400mf"
@@ -46,6 +53,8 @@ NATIVE_SIZE = (900, 1600)  # (H, W) of a nuScenes camera image: the default wher
 NUM_VIEWS = 6  # one surround frame, all views in one batch
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}  # autocast dtype (None: off)
 MODES = ("network only", "with resize in/out")
+CALIBRATION_FRAMES = 2  # random surround frames that calibrate the int8 row's activation ranges
+DEFAULT_STAGE_RUNS = {"cuda": 20, "cpu": 0}  # runs of the device-pipeline table (benchmarks/stages.py) per device
 
 
 def build_for_speed(name, image_size, device, onnx_path=None):
@@ -62,7 +71,7 @@ def build_for_speed(name, image_size, device, onnx_path=None):
     if name.endswith("onnxruntime"):
         runner = OnnxStudent(onnx_path, threads=torch.get_num_threads())
         return {"call": lambda x: runner(x[None])["depth"][0], "prepare": resize_in, "params_m": None,
-                "runtime": "onnxruntime CPU EP, ORT_ENABLE_ALL"}
+                "runtime": "onnxruntime CPU EP, ORT_ENABLE_ALL" + (", int8 QDQ" if "-int8" in name else "")}
     if name in STUDENT_MODELS or name == "student-train-step":
         decoder = STRIDE2_DECODER if name == "student-stride2" else StudentConfig.decoder_channels
         upsample = "convex" if name.endswith("-convex") else StudentConfig.upsample
@@ -92,16 +101,24 @@ def encoder_of(name):
     return LIGHT_ENCODER if "-light" in name else StudentConfig.encoder
 
 
-def export_for_speed(image_size, folder, encoder):
+def export_for_speed(image_size, folder, encoder, int8=False):
     """Export a random-weight student (`encoder`) with export.py into `folder`, here rather than in the timed process
-    (so the exporter's memory is not counted) -> (path, parameters in millions, max relative deviation
-    of onnxruntime's depth from the torch student's on one random frame)."""
-    from export import OnnxStudent, export_onnx, max_relative_deviation, torch_depth
+    (so the exporter's memory is not counted); with int8, quantize it (quantize.py, calibrated on
+    CALIBRATION_FRAMES random frames) -> (path, parameters in millions, max relative deviation of
+    onnxruntime's depth from the torch student's on one random frame)."""
+    from export import DEFAULT_INT8_HEAD, INPUT_NAME, OnnxStudent, export_onnx, max_relative_deviation, torch_depth
     from model import Student, StudentConfig
+    from quantize import CalibrationViews, quantize_int8
 
+    torch.manual_seed(0)
     student = Student(StudentConfig(encoder=encoder, image_size=tuple(image_size))).eval()
     path = os.path.join(folder, f"student_{encoder}.onnx")
     export_onnx(student, path)
+    if int8:
+        frames = [{"images": torch.rand(NUM_VIEWS, 3, *image_size)} for _ in range(CALIBRATION_FRAMES)]
+        reader = CalibrationViews(frames, range(len(frames)), INPUT_NAME)
+        quantize_int8(path, path.replace(".onnx", "-int8.onnx"), reader, head=DEFAULT_INT8_HEAD)  # as export.py
+        path = path.replace(".onnx", "-int8.onnx")
     x = torch.rand(NUM_VIEWS, 3, *image_size)
     deviation = max_relative_deviation(OnnxStudent(path)(x[None])["depth"][0], torch_depth(student, x))
     return path, sum(p.numel() for p in student.parameters()) / 1e6, deviation
@@ -256,6 +273,12 @@ def speed(argv=None):
     p.add_argument("--train-size", type=int, nargs=2, default=(96, 160), metavar=("H", "W"),
                    help="input per view of the training-step timing (synthetic batch of 2)")
     p.add_argument("--train-runs", type=int, default=5, help="timed training steps per mode (0: skip)")
+    p.add_argument("--stage-runs", type=int, default=None,
+                   help="timed runs of the device pipeline stage by stage, student beside DA-V2 Small "
+                        "(benchmarks/stages.py; default 20 on CUDA, 0 = skip on the CPU)")
+    p.add_argument("--stage-precisions", nargs="+", default=["fp32", "bf16", "fp16"], choices=list(PRECISIONS),
+                   help="precisions of the stage table (each also fp32 without CUDA graphs)")
+    p.add_argument("--json", default=None, help="also write every row of the tables as JSON to this file")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     precisions = args.precisions or (["fp32", "fp16"] if device.type == "cuda" else ["fp32"])
@@ -264,11 +287,11 @@ def speed(argv=None):
     ctx = mp.get_context("spawn")  # a fresh process per model: its peak memory is its own
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        exported = {encoder_of(n): export_for_speed(args.image_size, folder, encoder_of(n))
-                    for n in args.models if n.endswith("onnxruntime")}  # encoder -> (path, params, deviation)
+        exported = {n: export_for_speed(args.image_size, folder, encoder_of(n), int8="-int8" in n)
+                    for n in args.models if n.endswith("onnxruntime")}  # name -> (path, params, deviation)
         for name in args.models:
             queue = ctx.Queue()
-            onnx = exported.get(encoder_of(name)) if name.endswith("onnxruntime") else None
+            onnx = exported.get(name)
             on = "cpu" if onnx else args.device  # onnxruntime: the CPU execution provider
             child = ctx.Process(target=speed_child, args=(name, tuple(args.image_size), tuple(args.native_size),
                                                           args.runs, args.warmup, on, precisions, args.threads,
@@ -291,7 +314,23 @@ def speed(argv=None):
                   f"samples, median of {args.train_runs} interleaved runs", "", "| step | median (s) | / supervised |",
                   "|---|---|---|"]
         lines += [f"| {m} | {t:.3f} | {t / steps['supervised']:.2f}x |" for m, t in steps.items()]
+    stage_runs = DEFAULT_STAGE_RUNS.get(device.type, 0) if args.stage_runs is None else args.stage_runs
+    stage_table = []
+    if stage_runs > 0:
+        from benchmarks import stages
+
+        stage_table = stages.stage_rows(stages.STAGE_MODELS, args.stage_precisions, tuple(args.native_size),
+                                        tuple(args.image_size), device, stage_runs, args.warmup, NUM_VIEWS)
+        deviation = stages.pipeline_deviation(tuple(args.native_size), tuple(args.image_size), device, "bf16",
+                                              NUM_VIEWS)
+        lines += ["", f"Device pipeline stage by stage (pipeline.py): {NUM_VIEWS} uint8 frames of {nw} x {nh} in "
+                  f"pinned host memory -> depth in host memory; {args.device}; median of {stage_runs} runs after "
+                  f"{args.warmup} warm-up", ""] + stages.format_stage_table(stage_table)
+        lines.append(f"student pipeline (bf16) vs the fp32 host path (Student.infer_images), one random frame: "
+                     f"relative depth deviation max {deviation['max']:.1e}, mean {deviation['mean']:.1e}")
     print("\n".join(lines))
+    if args.json:
+        write_text(args.json, json.dumps({"rows": rows, "stages": stage_table}, indent=2))
     return rows
 
 

@@ -28,7 +28,8 @@ import os
 
 import numpy as np
 from PIL import Image
-from pyquaternion import Quaternion
+
+from rig import quaternion_matrix
 
 VERSION = "v1.0-mini"
 TRAIN_SCENE = "scene-0061"  # in create_splits_scenes()['mini_train']
@@ -101,20 +102,37 @@ def token(*parts):
     return hashlib.md5("/".join(map(str, parts)).encode()).hexdigest()
 
 
+def axis_quaternion(axis, degrees):
+    """(w, x, y, z) of the rotation by `degrees` about the unit vector `axis`."""
+    half = np.radians(degrees) / 2
+    return np.concatenate([[np.cos(half)], np.sin(half) * np.asarray(axis, dtype=np.float64)])
+
+
+def quaternion_product(*quaternions):
+    """The Hamilton product q1 q2 ... (w, x, y, z): the rotations applied right to left."""
+    out = np.array([1.0, 0.0, 0.0, 0.0])
+    for w2, x2, y2, z2 in quaternions:
+        w1, x1, y1, z1 = out
+        out = np.array([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+                        w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2])
+    return out
+
+
+# Camera -> ego at yaw 0: camera x right = -y_ego, y down = -z_ego, z forward = x_ego.
+CAMERA_BASE = (0.5, -0.5, 0.5, -0.5)
+
+
 def camera_rotation(yaw_deg, pitch_deg, roll_deg):
-    """Camera -> ego (3, 3): camera z (forward) along the yaw, x right, y down, tilted slightly."""
-    # Columns: camera x, y, z in the ego frame for yaw 0 (x right = -y_ego, y down = -z_ego).
-    base = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
-    pitch = Quaternion(axis=(1, 0, 0), degrees=pitch_deg)  # about the camera's x
-    roll = Quaternion(axis=(0, 0, 1), degrees=roll_deg)  # about the camera's z
-    yaw = Quaternion(axis=(0, 0, 1), degrees=yaw_deg)  # about the ego's z
-    return yaw.rotation_matrix @ base @ (pitch * roll).rotation_matrix
+    """Camera -> ego quaternion (w, x, y, z): camera z (forward) along the yaw, x right, y down, tilted
+    slightly (pitch about the camera's x, roll about its z, yaw about the ego's z)."""
+    return quaternion_product(axis_quaternion((0, 0, 1), yaw_deg), CAMERA_BASE, axis_quaternion((1, 0, 0), pitch_deg),
+                              axis_quaternion((0, 0, 1), roll_deg))
 
 
 def rigid(record):
     """(4, 4) transform of a record with 'rotation' (w, x, y, z) and 'translation' (m)."""
     m = np.eye(4)
-    m[:3, :3] = Quaternion(record["rotation"]).rotation_matrix
+    m[:3, :3] = quaternion_matrix(record["rotation"])
     m[:3, 3] = record["translation"]
     return m
 
@@ -201,7 +219,7 @@ def add_calibration(tables, scene_name, rng, channels=CHANNELS, focal_scale=1.0)
         else:
             yaw, translation, focal, cx, cy = CAMERA_RIG[channel]
             pitch, roll = rng.uniform(-1.0, 1.0, size=2)  # mounting tolerance, deg
-            rotation = Quaternion(matrix=camera_rotation(yaw, pitch, roll)).elements
+            rotation = camera_rotation(yaw, pitch, roll)
             focal = focal * focal_scale
             intrinsic = [[focal, 0.0, cx], [0.0, focal, cy], [0.0, 0.0, 1.0]]
         calib[channel] = {"token": token("calibrated_sensor", scene_name, channel),
@@ -222,11 +240,11 @@ def add_ego_pose(tables, scene_name, name, t_us, drive, rng, jitter_m=0.0, jitte
     origin, heading, start_us = drive
     along = SPEED * (t_us - start_us) * 1e-6 * np.array([np.cos(heading), np.sin(heading), 0.0])
     position = origin + along + rng.uniform(-1, 1, 3) * jitter_m * np.array([1.0, 1.0, 0.2])
-    rotation = (Quaternion(axis=(0, 0, 1), radians=heading)
-                * Quaternion(axis=(0, 0, 1), degrees=rng.uniform(-1, 1) * jitter_deg)
-                * Quaternion(axis=(0, 1, 0), degrees=rng.uniform(-1, 1) * jitter_deg / 3))
+    yaw_jitter = axis_quaternion((0, 0, 1), rng.uniform(-1, 1) * jitter_deg)
+    pitch_jitter = axis_quaternion((0, 1, 0), rng.uniform(-1, 1) * jitter_deg / 3)
+    rotation = quaternion_product(axis_quaternion((0, 0, 1), np.degrees(heading)), yaw_jitter, pitch_jitter)
     record = {"token": token("ego_pose", scene_name, name, t_us), "timestamp": int(t_us),
-              "rotation": rotation.elements.tolist(), "translation": position.tolist()}
+              "rotation": rotation.tolist(), "translation": position.tolist()}
     tables["ego_pose"].append(record)
     return record
 
