@@ -31,7 +31,7 @@ if [ "$SMOKE" = 1 ]; then  # a shared 2-core CPU: wider limits, so that each ste
     TRAIN_LIMIT=600
     SPEED_FLAGS=(--image-size 64 96 --native-size 90 160 --runs 1 --warmup 1 --precisions fp32
                  --stage-runs 2 --stage-precisions fp32 bf16)
-    TRAIN_FLAGS=(--image-size 64 96 --batch-size 2 --steps 2 --warmup 1 --workers 2 --images flat
+    TRAIN_FLAGS=(--image-size 64 96 --batch-size 2 --steps 1 --warmup 0 --workers 0 --images flat
                  --teacher-long-side 56)
 else
     if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
