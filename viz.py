@@ -400,30 +400,3 @@ def save_png(picture, path):
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
 
-
-def regime_figure(regimes, series, path):
-    """The regime map's picture: for each panel (e.g. 'dense AbsRel'), the paired gain of every row over
-    the baseline (%, negative is better) against the regime, with its 95 % interval as an error bar.
-    regimes: x labels; series: {panel: {row: [(mean %, half-width % or None) or (None, None) per regime]}}."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(series), figsize=(6.5 * len(series), 4.8), squeeze=False)
-    x = np.arange(len(regimes))
-    for ax, (panel, rows) in zip(axes[0], series.items()):
-        for i, (name, points) in enumerate(rows.items()):
-            shift = (i - (len(rows) - 1) / 2) * 0.06  # side by side, so the bars do not hide each other
-            keep = [j for j, (m, _) in enumerate(points) if m is not None]
-            means = [points[j][0] for j in keep]
-            errors = [points[j][1] or 0.0 for j in keep]
-            ax.errorbar(x[keep] + shift, means, yerr=errors, marker="o", capsize=3, label=name)
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xticks(x, regimes, rotation=20, ha="right")
-        ax.set_ylabel(f"{panel}: change vs supervised baseline (%)")
-        ax.set_title(f"{panel} (lower is better; 95 % intervals)")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)

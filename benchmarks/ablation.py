@@ -1,27 +1,18 @@
 """The ablation of the README (`python benchmark.py ablation`): which terms of Eq. (17) help, the
-existing-KD baselines of Eqs. (21)-(22) and our change, Eq. (23), beside the teacher's own error (zeroshot.py).
+existing-KD baselines of Eqs. (21)-(22) and Eq. (23), beside the teacher's own error (zeroshot.py).
 
     python benchmark.py ablation                          # demo budget: 300 steps, seeds 0-4
     python benchmark.py ablation --device cuda --jobs 8   # the same on a GPU box, 8 runs at a time
-    python benchmark.py ablation --steps 1200 --seeds 0 1 2 --out outputs/ablation_1200
     python benchmark.py ablation --no-train               # tabulate the runs finished so far
     python benchmark.py ablation --split val --seeds 100 101 --settings ...   # a study on the validation split
 
-Each row trains the same student for the same steps with one setting of the training flags
-(DEFAULT_SETTINGS: the supervised baseline, response KD, feature KD, +CKD, +VRKD, CKD + VRKD;
-EXTRA_SETTINGS on request), evaluates it on the synthetic test split against sparse and dense
-ground truth (`--split val`: the validation split, for choices; its runs write val.json and
-never test.json), and the table reports, per row, mean +- sample std (ddof = 1) over seeds of
-AbsRel, RMSE, delta1, Eq. (19) and Eq. (20); then the paired difference of each row to the
-baseline (and of CKD + VRKD to response KD) with a 95 % t-interval over the seeds. The teacher
-row is its affine-aligned zero-shot error (`teacher_error`), not a metric prediction. A finished
-run is reused only if every training flag it saved equals the row's (RUN_LOCAL flags aside), so
-an interrupted ablation resumes; a run whose result file predates Eq. (20) is re-evaluated from
-its checkpoint. `--figure` (on by default) writes bev.png: the bird's-eye view of one test
-sample, the first seed's baseline beside its CKD + VRKD and the dense ground truth. The worlds
-a seed's runs read are rendered once into `--render-cache` (the rows of a seed share them);
-`--jobs N` renders them first with one process per core, then runs N (setting, seed) runs side
-by side. Training is fp32 by default (`--amp off`, TF32 off on CUDA), so CPU and GPU runs compare.
+Each row (SETTINGS) trains the same student for the same steps and is scored on the synthetic test
+split (val: for choices; writes val.json, never test.json); table.md gives per row mean +- std over
+seeds (benchmarks/stats.py) and the paired differences to the baseline (CKD + VRKD also to response
+KD) with 95 % t-intervals, ablation.png draws them, bev.png one test sample from above. A finished
+run is reused only if every training flag it saved equals the row's (RUN_LOCAL aside). `--jobs N`
+renders the worlds first (one process per core), then runs N runs side by side. Training is fp32
+by default (`--amp off`, TF32 off on CUDA), so CPU and GPU runs compare.
 """
 import argparse
 import json
@@ -41,6 +32,7 @@ from sampling import StepSampler
 from synthetic import SPLIT_LENGTHS, SyntheticSurround, render_cache_path
 from teacher import build_teacher
 from viz import bev_figure, interval_chart, save_png
+from benchmarks.stats import T_975, cell, paired_interval  # noqa: F401 (T_975: ablation.T_975)
 from benchmarks.zeroshot import teacher_error
 
 # Rows of the table: the train.py flags of each setting; every other flag keeps its default.
@@ -71,9 +63,6 @@ VAL_SEEDS = (100, 101)
 # Flags that do not change what a run learns: a finished run is reused whatever their values.
 RUN_LOCAL = ("out", "resume", "device", "workers", "val_every", "val_samples", "teacher_cache", "dataroot",
              "render_cache")
-# Two-sided 95 % Student-t quantiles t_{0.975, df} for df = 1..9 (standard tables); the 95 %
-# interval of a mean over n paired seeds is mean +- t_{0.975, n-1} * sd / sqrt(n).
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 COLUMNS = (("sparse", "abs_rel"), ("sparse", "rmse"), ("sparse", "a1"),
            ("dense", "abs_rel"), ("dense", "rmse"), ("dense", "a1"))
 FIGURE_SETTINGS = ("baseline", "CKD + VRKD")  # the rows bev.png compares, beside the ground truth
@@ -263,22 +252,6 @@ def bev_comparison(names, seed, root):
         depths[f"{name} (seed {seed})"] = model(sample["images"][None])["depth"][0, :, 0].numpy()  # (N, H, W)
     depths["ground truth (dense)"] = sample["depth_dense"][:, 0].numpy()
     return bev_figure(depths, sample["intrinsics"].numpy(), sample["cam_to_ego"].numpy())
-
-
-def cell(values, digits=4):
-    """'mean ± sample std (ddof = 1)' of a list of numbers ('mean' alone for one number)."""
-    if len(values) < 2:
-        return f"{np.mean(values):.{digits}f}" if values else "-"
-    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
-
-
-def paired_interval(values, reference):
-    """Paired difference over seeds: values[i] - reference[i] -> (mean, half-width of the 95 %
-    t-interval; None for fewer than 2 pairs)."""
-    d = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
-    if len(d) < 2:
-        return float(d.mean()), None
-    return float(d.mean()), T_975[len(d) - 1] * float(np.std(d, ddof=1)) / np.sqrt(len(d))
 
 
 # The metrics of the paired table: (ground truth, key, lower is better).

@@ -30,6 +30,7 @@ import torch
 
 import train
 from benchmarks import ablation
+from benchmarks.stats import cell, paired_interval
 from cli import write_text
 from synthetic import FRAMES_PER_SCENE, SyntheticSurround
 
@@ -176,7 +177,7 @@ def paired_gain(runs, regime, steps, name, ref, seeds, kind, key):
         return None, None, 0
     a = [metric(runs[regime, steps, name, s], kind, key) for s in both]
     b = [metric(runs[regime, steps, ref, s], kind, key) for s in both]
-    mean, half = ablation.paired_interval(a, b)
+    mean, half = paired_interval(a, b)
     scale = 100.0 / float(np.mean(b))
     return mean * scale, None if half is None else half * scale, len(both)
 
@@ -202,7 +203,7 @@ def regime_table(runs, args):
             done = [runs[regime, steps, name, s] for s in args.seeds if runs.get((regime, steps, name, s))]
             if not done:
                 continue
-            cells = [ablation.cell([metric(r, k, m) for r in done], 3 if m == "rmse" else 4) for k, m in METRICS]
+            cells = [cell([metric(r, k, m) for r in done], 3 if m == "rmse" else 4) for k, m in METRICS]
             gains = []
             for kind, key in METRICS:
                 parts = []
@@ -260,13 +261,23 @@ def regime(argv=None):
 
 
 def write_regime_figure(runs, args, path):
-    """regime.png: paired gain (%) over the baseline of every row against the regime, sparse and dense AbsRel."""
-    from viz import regime_figure
+    """regime.png: the paired change (%) of every row against the baseline, sparse and dense AbsRel, with
+    95 % intervals, one line per (regime, row) (`viz.interval_chart`)."""
+    from viz import interval_chart, save_png
     names = [n for n in dict.fromkeys(t[2] for t in tasks(args)) if n != "baseline"]
-    series = {}
-    for kind, key in METRICS[:2]:
+    labels, means, lows, highs = [], [], [], []
+    for regime in args.regimes:
+        steps = budget_steps(regime, args.budget)
         for name in names:
-            points = [paired_gain(runs, r, budget_steps(r, args.budget), name, "baseline", args.seeds, kind, key)[:2]
-                      for r in args.regimes]
-            series.setdefault(f"{kind} AbsRel", {})[name] = points
-    regime_figure(list(args.regimes), series, path)
+            points = [paired_gain(runs, regime, steps, name, "baseline", args.seeds, kind, key)[:2]
+                      for kind, key in METRICS[:2]]
+            if all(m is None for m, _ in points):
+                continue
+            labels.append(f"{regime}: {name}" if len(args.regimes) > 1 else name)
+            means.append([np.nan if m is None else m for m, _ in points])
+            lows.append([np.nan if m is None or h is None else m - h for m, h in points])
+            highs.append([np.nan if m is None or h is None else m + h for m, h in points])
+    if labels:
+        title = f"change against the supervised baseline, {', '.join(args.regimes)} (seeds {args.seeds})"
+        save_png(interval_chart(labels, means, lows, highs, "AbsRel change (%), lower is better", title,
+                                series=["sparse AbsRel", "dense AbsRel"]), path)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import kd_baselines
+import options
 import synthetic
 import train
 from sampling import MixedSampler, StepSampler, mixed_sampler, seed_of
@@ -105,11 +106,11 @@ def test_mixed_batches_hold_both_streams_in_a_fixed_ratio_and_resume_exactly():
 
 def test_train_flags_of_the_regimes(capsys):
     args = train.get_args(["--train-scenes", "16", "--unlabelled-scenes", "64"])
-    assert train.unlabelled_batch(args) == 2 and train.finite_or_mixed(args)
-    assert args.steps == train.default_steps("synthetic", 16)
-    assert train.unlabelled_batch(train.get_args(["--train-scenes", "16", "--unlabelled-scenes", "4",
+    assert options.unlabelled_batch(args) == 2 and options.finite_or_mixed(args)
+    assert args.steps == options.default_steps("synthetic", 16)
+    assert options.unlabelled_batch(train.get_args(["--train-scenes", "16", "--unlabelled-scenes", "4",
                                                   "--unlabelled-ratio", "1.5"])) == 3
-    assert train.unlabelled_batch(train.get_args([])) == 0 and not train.finite_or_mixed(train.get_args([]))
+    assert options.unlabelled_batch(train.get_args([])) == 0 and not options.finite_or_mixed(train.get_args([]))
     for bad in (["--unlabelled-scenes", "4"], ["--train-scenes", "0"], ["--data", "nuscenes", "--train-scenes", "4"],
                 ["--unlabelled-sweeps", "2"], ["--rkd-self-align"], ["--train-scenes", "4", "--teacher-cache", "x"],
                 ["--data", "ddad", "--oracle-dense-gt"]):
@@ -119,8 +120,8 @@ def test_train_flags_of_the_regimes(capsys):
 
 
 def test_default_steps_follow_the_listed_scene_budgets(monkeypatch):
-    monkeypatch.setattr(train, "SCENE_STEPS", {16: 500, 64: 900})
-    assert [train.default_steps("synthetic", n) for n in (None, 4, 16, 17, 64, 1000)] == [300, 500, 500, 900, 900, 900]
+    monkeypatch.setattr(options, "SCENE_STEPS", {16: 500, 64: 900})
+    assert [options.default_steps("synthetic", n) for n in (None, 4, 16, 17, 64, 1000)] == [300, 500, 500, 900, 900, 900]
 
 
 def test_oracle_and_unlabelled_images_reach_the_loop(tmp_path, monkeypatch):
@@ -241,3 +242,26 @@ def test_an_inverting_fit_is_no_fit():
     none = torch.zeros_like(s)
     assert float(kd_baselines.response_kd(view([4.0, 2.0, 1.0, 3.0]), view([0.0, 0.5, 0.75, 0.25]), none, none > 0,
                                           0.1, 80.0, self_align=True)) == 0.0
+
+
+def test_regime_table_pairs_each_row_with_the_baseline_by_hand(tmp_path):
+    from benchmarks import regime
+    args = argparse.Namespace(regimes=["16 scenes + 64 unlabelled"], rows=["baseline", "CKD + VRKD", "response KD"],
+                              teachers=["calibrated"], budget="demo", seeds=[0, 1], out=str(tmp_path))
+
+    def result(sparse, dense):
+        return {"all": {"sparse": {"abs_rel": sparse, "rmse": 2.0}, "dense": {"abs_rel": dense, "rmse": 4.0}}}
+    key = ("16 scenes + 64 unlabelled", 300)
+    runs = {key + ("baseline", 0): result(0.10, 0.20), key + ("baseline", 1): result(0.12, 0.20),
+            key + ("CKD + VRKD", 0): result(0.09, 0.16), key + ("CKD + VRKD", 1): result(0.11, 0.18),
+            key + ("response KD", 0): result(0.10, 0.17), key + ("response KD", 1): result(0.12, 0.17)}
+    # CKD + VRKD - baseline, sparse: differences -0.01, -0.01 -> mean -0.01, sd 0 -> -0.01 / 0.11 = -9.1 % +- 0.
+    mean, half, n = regime.paired_gain(runs, *key, "CKD + VRKD", "baseline", [0, 1], "sparse", "abs_rel")
+    assert n == 2 and mean == pytest.approx(-100 * 0.01 / 0.11) and half == pytest.approx(0.0, abs=1e-9)
+    # dense: -0.04, -0.02 -> mean -0.03 (-15 %), sd 0.01414 -> half 12.706 * 0.01414 / sqrt(2) = 0.12706 (63.5 %).
+    mean, half, _ = regime.paired_gain(runs, *key, "CKD + VRKD", "baseline", [0, 1], "dense", "abs_rel")
+    assert mean == pytest.approx(-15.0) and half == pytest.approx(100 * 12.706 * 0.02 / 2 ** 0.5 / 2 ** 0.5 / 0.2, rel=1e-4)
+    lines = "\n".join(regime.regime_table(runs, args))
+    assert "-15.0 ± 63.5 % vs baseline" in lines and "vs response KD" in lines
+    regime.write_regime_figure(runs, args, str(tmp_path / "regime.png"))
+    assert (tmp_path / "regime.png").stat().st_size > 1000
