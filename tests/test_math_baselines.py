@@ -356,14 +356,22 @@ def test_feature_kd_reads_a_bf16_teacher_in_float32():
 
 # ------------------------------------------------------------------- Eq. (17) with the baselines
 
+OBJ_MIN, OBJ_MAX = 0.5, 60.0  # a depth range other than the defaults, so that the config's range must be used
+
+
 def _objective_case(seed=3, b=1, n=6, h=8, w=12):
     rng = np.random.default_rng(seed)
-    target = rng.uniform(0.5, 70.0, (b, n, 1, h, w)) * (rng.random((b, n, 1, h, w)) < 0.3)
-    target[0, 0, 0, 0, :4] = [D_MIN, D_MAX, 120.0, 0.05]  # in target > 0, not in M
-    target[0, 1, 0, 2, :5] = [150.0, 90.0, 80.0, 200.0, 300.0]
-    out = {"depth": rng.uniform(0.5, 70.0, (b, n, 1, h, w)), "logits": rng.normal(size=(b, n, 4, h, w)),
+    target = rng.uniform(0.2, 70.0, (b, n, 1, h, w)) * (rng.random((b, n, 1, h, w)) < 0.3)
+    target[0, 0, 0, 0, :4] = [OBJ_MIN, OBJ_MAX, 120.0, 0.3]  # in target > 0, not in M
+    target[0, 1, 0, 2, :5] = [150.0, 90.0, 70.0, 200.0, 300.0]
+    out = {"depth": rng.uniform(0.2, 70.0, (b, n, 1, h, w)), "logits": rng.normal(size=(b, n, 4, h, w)),
            "centers": np.sort(rng.uniform(1, 60, (b, n, 4)), axis=-1), "features": rng.normal(size=(b, n, 3, 4, 6))}
     farness = rng.uniform(-0.3, 1.3, (b, n, 1, h // 4, w // 4))  # coarse, as the teacher cache stores it
+    # View 2: 1 / D* = 3 r_hat + 0.01 (x 1.05 noise) on the upsampled farness, so D_T reaches both ends of the range.
+    r_hat = 1.0 - ref_resize(farness[0, 2], (h, w))
+    lidar = target[0, 2] > 0
+    target[0, 2] = np.where(lidar, np.exp(rng.normal(0.0, 0.05, r_hat.shape)) / np.maximum(3.0 * r_hat + 0.01, 1e-3),
+                            0.0)
     omega = rng.random((b, n, 1, h, w)) < 0.8
     teacher = rng.normal(size=(b, n, 5, 2, 3))
     return out, target, farness, omega, teacher
@@ -372,7 +380,8 @@ def _objective_case(seed=3, b=1, n=6, h=8, w=12):
 @pytest.mark.parametrize("radius", [None, 1])
 def test_baseline_objective_matches_reference(radius):
     """The terms Eq. (17) gains: lambda_rkd L_rkd + lambda_fkd L_fkd with lambda_rkd = 0.5, lambda_fkd = 2,
-    against the restatements: M = the strict range d_min < D* < d_max (not D* > 0), the coarse farness
+    against the restatements on the config's range (0.5-60 m): M = the strict range d_min < D* < d_max
+    (not D* > 0, nor 0.1-80 m), D_T clamped to it, the coarse farness
     upsampled bilinearly (align_corners=False) to the ground truth, omega and r passed on. Run under
     bf16 autocast with bf16 outputs: every term in float32, equal to the float32 restatement of the
     same (bf16-rounded) values, and detached."""
@@ -382,29 +391,32 @@ def test_baseline_objective_matches_reference(radius):
     t_out = {k: _t(v, torch.bfloat16) for k, v in out.items()}
     t_out["depth"].requires_grad_()
     rounded = {k: _np(v) for k, v in t_out.items()}  # what the bf16 outputs hold, in float64
-    cfg = losses.LossConfig(pairs=(), min_depth=D_MIN, max_depth=D_MAX, lambda_ckd=0.0, lambda_vr=0.0)
+    cfg = losses.LossConfig(pairs=(), min_depth=OBJ_MIN, max_depth=OBJ_MAX, lambda_ckd=0.0, lambda_vr=0.0)
     bcfg = kd_baselines.BaselineConfig(lambda_rkd=0.5, rkd_lidar_radius=radius, lambda_fkd=2.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss, terms = kd_baselines.baseline_objective(t_out, _t(target), cfg, bcfg, _t(farness), _t(omega).bool(),
                                                       _t(teacher, torch.bfloat16), adapter)
     s_full = ref_resize(farness, target.shape[-2:])
-    mask = (target > D_MIN) & (target < D_MAX)
-    rkd = ref_response_kd(rounded["depth"], s_full, target, mask, D_MIN, D_MAX, omega, radius)
+    mask = (target > OBJ_MIN) & (target < OBJ_MAX)
+    teacher_depth = ref_aligned_teacher(s_full, target, mask, OBJ_MIN, OBJ_MAX)[0][0, 2]
+    assert teacher_depth.min() == OBJ_MIN and teacher_depth.max() == OBJ_MAX  # both ends of D_T's clamp act
+    rkd = ref_response_kd(rounded["depth"], s_full, target, mask, OBJ_MIN, OBJ_MAX, omega, radius)
     fkd = ref_feature_kd(rounded["features"], _np(_t(teacher, torch.bfloat16)), weight, bias)
     assert terms["rkd"].dtype == terms["fkd"].dtype == loss.dtype == torch.float32
     assert not terms["rkd"].requires_grad and loss.requires_grad
     assert float(terms["rkd"]) == pytest.approx(rkd, rel=1e-4)
     assert float(terms["fkd"]) == pytest.approx(fkd, rel=1e-5)
     assert float(loss.detach()) == pytest.approx(0.5 * rkd + 2.0 * fkd, rel=1e-4)
-    # M matters here: fitting on every D* > 0 (120, 150, 200 m ...) gives another loss.
-    assert abs(ref_response_kd(rounded["depth"], s_full, target, target > 0, D_MIN, D_MAX, omega, radius) - rkd) > 1e-3
+    # M and the range matter here: fitting on every D* > 0 (120, 150, 200 m ...), or on 0.1-80 m, gives another loss.
+    for other in ((target > 0, OBJ_MIN, OBJ_MAX), ((target > D_MIN) & (target < D_MAX), D_MIN, D_MAX)):
+        assert abs(ref_response_kd(rounded["depth"], s_full, target, *other, omega, radius) - rkd) > 1e-3
 
 
 def test_baseline_objective_terms_present_per_weight():
     """Only the terms whose weight is > 0 exist; both weights 0 add nothing (and need no teacher)."""
     out, target, farness, omega, teacher = _objective_case()
     t_out = {k: _t(v) for k, v in out.items()}
-    cfg = losses.LossConfig(pairs=(), min_depth=D_MIN, max_depth=D_MAX, lambda_ckd=0.0, lambda_vr=0.0)
+    cfg = losses.LossConfig(pairs=(), min_depth=OBJ_MIN, max_depth=OBJ_MAX, lambda_ckd=0.0, lambda_vr=0.0)
     loss, terms = kd_baselines.baseline_objective(t_out, _t(target), cfg, kd_baselines.BaselineConfig())
     assert float(loss) == 0.0 and terms == {}
     _, terms = kd_baselines.baseline_objective(t_out, _t(target), cfg, kd_baselines.BaselineConfig(lambda_rkd=1.0),
