@@ -34,9 +34,10 @@ def aligned_teacher_depth(farness, target, mask, min_depth, max_depth):
     Returns (D_T (B, N, 1, H, W) meters, fitted (B, N, 1, 1, 1) bool: views with >= 2 valid
     points, spread in r_hat and alpha > 0, the only views whose D_T means anything). No gradient.
     """
-    x = (1.0 - farness.float()).detach()
-    w = mask.float()
-    y = torch.where(mask, 1.0 / target.float().clamp_min(min_depth), torch.zeros_like(x))
+    # The sums in float64: n sxx - sx^2 cancels, and float32 rounding would leave a spread where there is none.
+    x = (1.0 - farness.detach().double())
+    w = mask.double()
+    y = torch.where(mask, 1.0 / target.detach().double().clamp_min(min_depth), torch.zeros_like(x))
     n, sx, sy = w.sum(dim=(-3, -2, -1)), (w * x).sum(dim=(-3, -2, -1)), (w * y).sum(dim=(-3, -2, -1))  # (B, N)
     sxx, sxy = (w * x * x).sum(dim=(-3, -2, -1)), (w * x * y).sum(dim=(-3, -2, -1))
     det = n * sxx - sx * sx  # n^2 var(x): 0 when a view has < 2 points or a constant r_hat
@@ -46,7 +47,7 @@ def aligned_teacher_depth(farness, target, mask, min_depth, max_depth):
     fitted = fitted & (alpha > 0)  # r grows with 1 / D: a fit with alpha <= 0 would invert the teacher
     disparity = alpha[..., None, None, None] * x + beta[..., None, None, None]  # (B, N, 1, H, W)
     depth = 1.0 / disparity.clamp(1.0 / max_depth, 1.0 / min_depth)
-    return depth, fitted[..., None, None, None]
+    return depth.float(), fitted[..., None, None, None]
 
 
 def lidar_neighbourhood(mask, radius):

@@ -43,7 +43,7 @@ def ref_silog(pred, target, mask):
 
 def ref_aligned_teacher(s, target, mask, d_min, d_max):
     """Eq. (21), view by view: r_hat = 1 - s; (alpha, beta) = argmin over M of sum (alpha r_hat + beta - 1/D*)^2
-    (np.linalg.lstsq); the fit exists when M has >= 2 pixels and var(r_hat over M) > 1e-8;
+    (np.linalg.lstsq); the fit exists when M has >= 2 pixels, var(r_hat over M) > 1e-8 and alpha > 0;
     D_T = 1 / clip(alpha r_hat + beta, 1 / d_max, 1 / d_min). -> D_T (B, N, 1, H, W), fitted (B, N)."""
     s, target, mask = (np.asarray(a, dtype=np.float64) for a in (s, target, mask))
     mask = mask.astype(bool)
@@ -54,7 +54,7 @@ def ref_aligned_teacher(s, target, mask, d_min, d_max):
             if m.sum() >= 2 and np.var(x[m]) > 1e-8:
                 design = np.stack([x[m], np.ones(int(m.sum()))], axis=1)
                 (alpha, beta), *_ = np.linalg.lstsq(design, 1.0 / target[b, n][m], rcond=None)
-                fitted[b, n] = True
+                fitted[b, n] = alpha > 0
                 depth[b, n] = 1.0 / np.clip(alpha * x + beta, 1.0 / d_max, 1.0 / d_min)
     return depth, fitted
 
@@ -132,13 +132,16 @@ def test_aligned_teacher_fits_in_inverse_depth_by_hand():
 
 def test_aligned_teacher_two_points_suffice_and_one_does_not():
     """Eq. (21), which views have a fit: two LiDAR pixels with different r_hat are an exact fit
-    ((0, 1/2), (1, 1/4): alpha = -1/4, beta = 1/2; r_hat 0.5 -> 1 / 0.375 m); one pixel is not, and
-    two pixels at the same r_hat are not (no spread), whatever their depths."""
-    s = torch.cat([view([1.0, 0.0, 0.5]), view([1.0, 0.0, 0.5]), view([0.5, 0.5, 0.0])], dim=1)
-    target = torch.cat([view([2.0, 4.0, 0.0]), view([2.0, 0.0, 0.0]), view([2.0, 4.0, 0.0])], dim=1)
+    ((r_hat, 1/D*) = (0, 1/4), (1, 1/2): alpha = 1/4, beta = 1/4; r_hat 0.5 -> 1 / 0.375 m); one pixel
+    is not, two pixels at the same r_hat are not (no spread), whatever their depths, and neither is
+    an exact fit with alpha < 0 (the teacher upside down)."""
+    s = torch.cat([view([1.0, 0.0, 0.5]), view([1.0, 0.0, 0.5]), view([0.5, 0.5, 0.0]), view([1.0, 0.0, 0.5])],
+                  dim=1)
+    target = torch.cat([view([4.0, 2.0, 0.0]), view([2.0, 0.0, 0.0]), view([2.0, 4.0, 0.0]),
+                        view([2.0, 4.0, 0.0])], dim=1)
     depth, fitted = kd_baselines.aligned_teacher_depth(s, target, target > 0, D_MIN, D_MAX)
-    assert fitted.flatten().tolist() == [True, False, False]
-    torch.testing.assert_close(depth[0, 0].flatten(), torch.tensor([2.0, 4.0, 1 / 0.375]))
+    assert fitted.flatten().tolist() == [True, False, False, False]
+    torch.testing.assert_close(depth[0, 0].flatten(), torch.tensor([4.0, 2.0, 1 / 0.375]))
 
 
 def test_aligned_teacher_spread_threshold_is_a_variance_of_1e_8_by_hand():
@@ -181,12 +184,13 @@ def _batch(seed=0, b=2, n=4, h=6, w=8):
 
 def test_aligned_teacher_matches_reference():
     """Eq. (21) on `_batch`: D_T of every fitted view equals the lstsq restatement; the views without a
-    fit are exactly those with < 2 LiDAR pixels or a constant r_hat on them."""
+    fit are exactly those with < 2 LiDAR pixels, a constant r_hat on them, or alpha <= 0."""
     _, s, target, mask, _ = _batch()
     depth, fitted = kd_baselines.aligned_teacher_depth(_t(s), _t(target), _t(mask).bool(), D_MIN, D_MAX)
     ref_depth, ref_fitted = ref_aligned_teacher(s, target, mask, D_MIN, D_MAX)
     assert fitted[..., 0, 0, 0].tolist() == ref_fitted.tolist()
-    assert (~ref_fitted).sum() == 3 and not ref_fitted[0, 1] and not ref_fitted[0, 2] and not ref_fitted[1, 3]
+    assert (~ref_fitted).sum() == 4 and not ref_fitted[0, 1] and not ref_fitted[0, 2] and not ref_fitted[1, 3]
+    assert not ref_fitted[1, 2]  # random depths there: an exact lstsq fit with alpha < 0
     np.testing.assert_allclose(_np(depth)[ref_fitted], ref_depth[ref_fitted], rtol=1e-4)
     assert (ref_depth[ref_fitted] == D_MIN).any() and (ref_depth[ref_fitted] == D_MAX).any()  # both clamps act
 
@@ -425,3 +429,13 @@ def test_baseline_objective_terms_present_per_weight():
     _, terms = kd_baselines.baseline_objective(t_out, _t(target), cfg, kd_baselines.BaselineConfig(lambda_fkd=1.0),
                                                teacher_features=_t(teacher), adapter=torch.nn.Conv2d(3, 5, 1))
     assert set(terms) == {"fkd"}
+
+
+def test_aligned_teacher_sees_no_spread_in_a_constant_r_hat_that_float32_cannot_store():
+    # One view of 2 x 10 pixels: the LiDAR row all at s = 0.3 (r_hat = 0.7, not a float32 dyadic), the other row
+    # s = linspace(0, 1). No spread in r_hat over the LiDAR pixels: no fit, whatever float32 rounding says.
+    s = torch.stack([torch.full((10,), 0.3), torch.linspace(0, 1, 10)]).reshape(1, 1, 1, 2, 10)
+    target = torch.zeros(1, 1, 1, 2, 10)
+    target[..., 0, :] = torch.tensor([5, 9, 6, 14, 7, 5.5, 12, 8, 6.5, 10])
+    _, fitted = kd_baselines.aligned_teacher_depth(s, target, target > 0, 0.1, 80.0)
+    assert not bool(fitted.any())
