@@ -158,7 +158,8 @@ def main(argv=None):
                   "not from the command line", file=sys.stderr)
     torch.manual_seed(args.seed)
 
-    # Data: a surround sample is (N=6 views); batches follow StepSampler (seed, step).
+    # Data: a surround sample is (N=6 views); batches follow StepSampler (seed, step), with unlabelled
+    # images (finite scenes or camera sweeps) mixed in by sampling.MixedSampler.
     train_set = build_dataset(args.data, split_name(args.data, args.version, "train"),
                               image_size=args.image_size, dataroot=args.dataroot, version=args.version,
                               seed=args.seed, **train_options(args))
@@ -256,10 +257,10 @@ def main(argv=None):
             out = net(batch["images"])
         loss, terms = losses.objective(out, batch["depth"], objective_cfg, farness, tokens,  # Eq. (17), fp32
                                        batch.get("omega"))  # omega: DDAD's masks
-        if baseline_cfg.active:  # the existing-KD baselines, Eqs. (21)-(23)
-            extra, more = kd_baselines.baseline_objective(out, batch["depth"], objective_cfg, baseline_cfg, farness,
+        if baseline_cfg.active:  # the existing-KD baselines, Eqs. (21)-(24)
+            added, more = kd_baselines.baseline_objective(out, batch["depth"], objective_cfg, baseline_cfg, farness,
                                                           batch.get("omega"), features, adapter)
-            loss, terms = loss + extra, {**terms, **more}
+            loss, terms = loss + added, {**terms, **more}
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
