@@ -164,11 +164,12 @@ def load_teacher(name_or_path, device="cpu", dtype=None, long_side=DEFAULT_LONG_
     source = os.path.expanduser(source) if local else source
     offline = hub_offline()
     try:
-        model = AutoModelForDepthEstimation.from_pretrained(
-            source, local_files_only=local or offline, **({} if dtype is None else {"dtype": dtype}))
+        model = AutoModelForDepthEstimation.from_pretrained(  # safetensors only: loading runs no code from a file
+            source, local_files_only=local or offline, use_safetensors=True,
+            **({} if dtype is None else {"dtype": dtype}))
     except OSError:  # hub errors, offline mode, missing folder or weights: all are OSErrors
         if local:
-            reason = "the folder holds no Depth Anything config and weights"
+            reason = "the folder holds no Depth Anything config and model.safetensors weights"
         elif not HUB_ID.match(source):
             reason = "no such folder"
         elif offline:

@@ -102,7 +102,7 @@ def test_missing_or_empty_folder_gives_one_clear_error(offline, tmp_path, tiny_f
     (empty / "config.json").write_text((tiny_folder / "config.json").read_text())
     with pytest.raises(T.TeacherUnavailable) as info:
         T.load_teacher(empty)
-    check_one_line_error(info, "no Depth Anything config and weights")
+    check_one_line_error(info, "no Depth Anything config and model.safetensors weights")
 
 
 def test_offline_env_is_read_at_call_time(monkeypatch):
@@ -199,3 +199,18 @@ def test_emulated_strength_from_the_teacher_name():
     for bad in ("emulated:strong", "emulated:-1", "emulated:7"):
         with pytest.raises(T.InputError, match="emulated:S"):
             T.build_teacher(bad)
+
+
+def test_a_folder_with_pickled_weights_only_is_refused(offline, tmp_path, tiny_folder):
+    # The same tiny teacher saved as pytorch_model.bin (a pickle) instead of model.safetensors: refused in one
+    # line, never unpickled.
+    import shutil
+
+    from safetensors.torch import load_file
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_folder, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, str(folder / "pytorch_model.bin"))
+    with pytest.raises(T.TeacherUnavailable, match="model.safetensors"):
+        T.load_teacher(str(folder))
