@@ -18,6 +18,7 @@ import cli
 import infer
 import nuscenes_fixture as fx
 import run_state
+import sampling
 import train
 import viz
 from model import Student, StudentConfig, save_checkpoint
@@ -162,7 +163,7 @@ def test_a_fresh_run_refuses_an_out_that_holds_a_run(tmp_path, held, message):
 
 def stream(n, batch, world, steps, seed=0, start=0):
     """Indices of steps start..steps-1, rank after rank, as the global batches list them."""
-    samplers = [train.StepSampler(n, batch, seed, start, steps, rank, world) for rank in range(world)]
+    samplers = [sampling.StepSampler(n, batch, seed, start, steps, rank, world) for rank in range(world)]
     return [i for s in range(start, steps) for sampler in samplers for i in sampler.batch(s)]
 
 
@@ -177,14 +178,14 @@ def test_step_sampler_takes_every_item_once_per_epoch_across_ranks(world, batch)
 
 
 def test_step_sampler_is_a_pure_function_of_seed_and_step():
-    first = list(train.StepSampler(10, 2, 5, 0, 8, rank=1, world=2))
-    assert list(train.StepSampler(10, 2, 5, 3, 8, rank=1, world=2)) == first[3:]  # resume at step 3
-    assert [[i for _, i in keys] for keys in first] == [train.StepSampler(10, 2, 5, 0, 8, 1, 2).batch(s)
+    first = list(sampling.StepSampler(10, 2, 5, 0, 8, rank=1, world=2))
+    assert list(sampling.StepSampler(10, 2, 5, 3, 8, rank=1, world=2)) == first[3:]  # resume at step 3
+    assert [[i for _, i in keys] for keys in first] == [sampling.StepSampler(10, 2, 5, 0, 8, 1, 2).batch(s)
                                                         for s in range(8)]
-    other_rank = list(train.StepSampler(10, 2, 5, 0, 8, rank=0, world=2))
+    other_rank = list(sampling.StepSampler(10, 2, 5, 0, 8, rank=0, world=2))
     seeds = [s for keys in first + other_rank for s, _ in keys]
     assert len(set(seeds)) == len(seeds)  # every position, on every rank, its own augmentation seed
-    assert list(train.StepSampler(10, 2, 6, 0, 8, rank=1, world=2)) != first
+    assert list(sampling.StepSampler(10, 2, 6, 0, 8, rank=1, world=2)) != first
 
 
 class Jitter(torch.utils.data.Dataset):
@@ -194,25 +195,26 @@ class Jitter(torch.utils.data.Dataset):
         return 5
 
     def __getitem__(self, index):
-        return torch.rand(3) + index
+        return {"x": torch.rand(3) + index}
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_seeded_items_draw_the_same_jitter_in_any_worker_and_after_resume(workers):
     def batches(start, rank=0):
-        sampler = train.StepSampler(5, 2, 0, start, 6, rank, world=2)
-        return list(torch.utils.data.DataLoader(train.SeededItems(Jitter()), batch_sampler=sampler,
-                                                num_workers=workers))
+        sampler = sampling.StepSampler(5, 2, 0, start, 6, rank, world=2)
+        return [b["x"] for b in torch.utils.data.DataLoader(sampling.SeededItems(Jitter()), batch_sampler=sampler,
+                                                            num_workers=workers)]
 
     straight = batches(0)
     assert all(torch.equal(a, b) for a, b in zip(straight[2:], batches(2)))
-    in_process = list(torch.utils.data.DataLoader(train.SeededItems(Jitter()),
-                                                  batch_sampler=train.StepSampler(5, 2, 0, 0, 6, 0, 2)))
+    in_process = [b["x"] for b in torch.utils.data.DataLoader(sampling.SeededItems(Jitter()),
+                                                              batch_sampler=sampling.StepSampler(5, 2, 0, 0, 6, 0, 2))]
     assert all(torch.equal(a, b) for a, b in zip(straight, in_process))  # workers or not
     other_rank = batches(0, rank=1)
     assert not any(torch.equal(a - a.floor(), b - b.floor()) for a, b in zip(straight, other_rank))
     before = torch.get_rng_state()
-    assert torch.equal(train.SeededItems(Jitter())[(7, 1)], train.SeededItems(Jitter())[(7, 1)])
+    item = sampling.SeededItems(Jitter())[(7, 1)]
+    assert torch.equal(item["x"], sampling.SeededItems(Jitter())[(7, 1)]["x"]) and item["index"] == 1
     assert torch.equal(torch.get_rng_state(), before)  # the caller's stream is untouched
 
 

@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 import evaluate
 import losses
+import sampling
 import train
 from data import build_dataset
 from model import Student, StudentConfig, load_checkpoint
@@ -29,7 +30,7 @@ def test_torchrun_two_processes_writes_one_loadable_checkpoint(tmp_path):
            "--batch-size", "1", "--workers", "0", "--num-bins", "16", "--out", str(out)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(os.listdir(out)) == ["args.json", "checkpoint.pt", "metrics.jsonl", "student"]  # rank 0 only
+    assert sorted(os.listdir(out)) == ["args.json", "checkpoint.pt", "curves.png", "metrics.jsonl", "student"]  # rank 0 only
     assert sorted(os.listdir(out / "student")) == ["config.json", "model.safetensors"]  # no temp files either
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2]  # one writer, not two
@@ -63,8 +64,8 @@ def one_step(rank, world, batch_size, device=torch.device("cpu")):
     net = train.distribute(model, device, world)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     data = build_dataset("synthetic", "train", image_size=args.image_size, length=2)
-    sampler = train.StepSampler(len(data), batch_size, args.seed, 0, 1, rank, world)
-    (batch,) = torch.utils.data.DataLoader(train.SeededItems(data), batch_sampler=sampler)
+    sampler = sampling.StepSampler(len(data), batch_size, args.seed, 0, 1, rank, world)
+    (batch,) = torch.utils.data.DataLoader(sampling.SeededItems(data), batch_sampler=sampler)
     teacher = build_teacher("emulated")
     out = net(batch["images"])
     per_sample = []
