@@ -127,7 +127,8 @@ def test_vrkd_gradient_reaches_the_chosen_student_tokens(source):
     _, tokens = cache.distillation_targets(cache.build_teacher("emulated"), batch, args.vr_strip, args.vr_grid)
     out = model(batch["images"])
     args.beta_bins = 0.0  # whatever the default: no chamfer term either
-    out_loss, terms = losses.objective(out, batch["depth"] * 0, train.loss_config(args), None, tokens)  # no LiDAR: only L_VRKD acts
+    # no LiDAR: only L_VRKD acts
+    out_loss, terms = losses.objective(out, batch["depth"] * 0, train.loss_config(args), None, tokens)
     assert terms["vr"] > 0
     out_loss.backward()
     head = model.logit_head.weight.grad

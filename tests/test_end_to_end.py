@@ -67,7 +67,8 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     b = torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
-    losses_of = lambda d: [x["loss"] for x in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "loss" in x]  # noqa: E731
+    def losses_of(run):
+        return [x["loss"] for x in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in x]
     assert len(losses_of(resumed)) == 4
     assert losses_of(straight) == pytest.approx(losses_of(resumed), rel=1e-6)
 

@@ -89,6 +89,7 @@ def test_the_import_graph_has_no_circle():
 
 def test_losses_imports_only_torch_and_the_standard_library():
     tree = ast.parse(open(os.path.join(ROOT, "losses.py")).read())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+             for alias in node.names}
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert roots <= {"torch", "math", "dataclasses", "typing", "__future__"}, roots

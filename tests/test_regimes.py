@@ -53,7 +53,8 @@ def test_render_sample_moves_the_cameras_and_the_lidar_by_ego_x():
 
 def test_scenes_keep_their_worlds_whatever_the_count_and_the_ego_lane_is_clear():
     assert torch.equal(scene(scenes=3)[5]["images"], scene(scenes=16)[5]["images"])
-    assert torch.equal(scene(scenes=2, first_scene=1)[0]["images"], scene(scenes=2)[synthetic.FRAMES_PER_SCENE]["images"])
+    assert torch.equal(scene(scenes=2, first_scene=1)[0]["images"],
+                       scene(scenes=2)[synthetic.FRAMES_PER_SCENE]["images"])
     travel = (synthetic.FRAMES_PER_SCENE - 1) * synthetic.FRAME_SPACING
     for s in range(20):
         world = synthetic.make_world(np.random.default_rng([synthetic.SCENES_ID, 0, s]), travel=travel)
@@ -121,7 +122,8 @@ def test_train_flags_of_the_regimes(capsys):
 
 def test_default_steps_follow_the_listed_scene_budgets(monkeypatch):
     monkeypatch.setattr(options, "SCENE_STEPS", {16: 500, 64: 900})
-    assert [options.default_steps("synthetic", n) for n in (None, 4, 16, 17, 64, 1000)] == [300, 500, 500, 900, 900, 900]
+    steps = [options.default_steps("synthetic", n) for n in (None, 4, 16, 17, 64, 1000)]
+    assert steps == [300, 500, 500, 900, 900, 900]
 
 
 def test_oracle_and_unlabelled_images_reach_the_loop(tmp_path, monkeypatch):
@@ -260,7 +262,8 @@ def test_regime_table_pairs_each_row_with_the_baseline_by_hand(tmp_path):
     assert n == 2 and mean == pytest.approx(-100 * 0.01 / 0.11) and half == pytest.approx(0.0, abs=1e-9)
     # dense: -0.04, -0.02 -> mean -0.03 (-15 %), sd 0.01414 -> half 12.706 * 0.01414 / sqrt(2) = 0.12706 (63.5 %).
     mean, half, _ = regime.paired_gain(runs, *key, "CKD + VRKD", "baseline", [0, 1], "dense", "abs_rel")
-    assert mean == pytest.approx(-15.0) and half == pytest.approx(100 * 12.706 * 0.02 / 2 ** 0.5 / 2 ** 0.5 / 0.2, rel=1e-4)
+    assert mean == pytest.approx(-15.0)
+    assert half == pytest.approx(100 * 12.706 * 0.02 / 2 ** 0.5 / 2 ** 0.5 / 0.2, rel=1e-4)
     lines = "\n".join(regime.regime_table(runs, args))
     assert "-15.0 ± 63.5 % vs baseline" in lines and "vs response KD" in lines
     regime.write_regime_figure(runs, args, str(tmp_path / "regime.png"))

@@ -30,7 +30,8 @@ def test_torchrun_two_processes_writes_one_loadable_checkpoint(tmp_path):
            "--batch-size", "1", "--workers", "0", "--num-bins", "16", "--out", str(out)]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(os.listdir(out)) == ["args.json", "checkpoint.pt", "curves.png", "metrics.jsonl", "student"]  # rank 0 only
+    # rank 0 only
+    assert sorted(os.listdir(out)) == ["args.json", "checkpoint.pt", "curves.png", "metrics.jsonl", "student"]
     assert sorted(os.listdir(out / "student")) == ["config.json", "model.safetensors"]  # no temp files either
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "loss" in x] == [1, 2]  # one writer, not two
