@@ -44,3 +44,12 @@ def hidden(path):
         yield path
     finally:
         os.rename(path + ".hidden", path)
+
+
+def identity_adapter(channels):
+    """A 1x1 conv that maps C channels to themselves unchanged (feature KD's adapter, Eq. 22)."""
+    conv = torch.nn.Conv2d(channels, channels, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
+        conv.bias.zero_()
+    return conv

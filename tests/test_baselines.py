@@ -7,6 +7,7 @@ import torch
 
 import kd_baselines
 import losses
+from conftest import identity_adapter
 
 
 def test_log_farness_by_hand():
@@ -93,14 +94,6 @@ def test_response_kd_is_dense_silog_against_the_aligned_teacher():
     masked = kd_baselines.response_kd(wrong, s, target, target > 0, 0.1, 80.0, omega)
     assert float(masked) == pytest.approx(10.0 * math.sqrt(0.15) * math.log(2.0), rel=1e-5)
     assert float(kd_baselines.response_kd(wrong, s, target, target > 0, 0.1, 80.0)) > float(loss) + 0.1
-
-
-def identity_adapter(channels):
-    conv = torch.nn.Conv2d(channels, channels, 1)
-    with torch.no_grad():
-        conv.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
-        conv.bias.zero_()
-    return conv
 
 
 def test_feature_kd_by_hand():

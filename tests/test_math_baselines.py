@@ -17,6 +17,7 @@ import torch
 
 import kd_baselines
 import losses
+from conftest import identity_adapter
 from test_math_protocol import ref_resize
 
 D_MIN, D_MAX = 0.1, 80.0
@@ -275,14 +276,6 @@ def test_off_lidar_alignment_still_reads_the_lidar_by_hand():
 
 
 # ---------------------------------------------------------------------------- Eq. (22)
-
-def identity_adapter(channels):
-    conv = torch.nn.Conv2d(channels, channels, 1)
-    with torch.no_grad():
-        conv.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
-        conv.bias.zero_()
-    return conv
-
 
 def test_feature_kd_resizes_bilinearly_without_corners_by_hand():
     """Eq. (22), the resize to the teacher's grid: student tokens (1, 0), (0, 1) on a 1 x 2 grid, teacher
