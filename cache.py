@@ -158,7 +158,7 @@ class CachedTargets(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         item = dict(self.dataset[index])
-        with np.load(cache_file(self.folder, index)) as cached:
+        with np.load(cache_file(self.folder, index), allow_pickle=False) as cached:
             farness = torch.from_numpy(cached["farness"]).float().div_(FARNESS_LEVELS)[:, None]  # (N, 1, h, w)
             item["teacher_farness"], item["teacher_similarity"] = farness, torch.from_numpy(cached["similarity"])
         return item

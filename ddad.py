@@ -142,7 +142,7 @@ def _load_cloud(path):
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: point cloud not found ; re-extract the DDAD archive (its point_cloud/ folders)")
     try:
-        with np.load(path) as archive:
+        with np.load(path, allow_pickle=False) as archive:
             cloud = archive["data"]
     except (OSError, ValueError, KeyError) as error:
         raise DatasetError(f"{path}: point cloud does not load ({error.__class__.__name__}) ; re-extract it") from None
@@ -252,7 +252,7 @@ class DDADSurround(torch.utils.data.Dataset):
         record = self.samples[index]
         path = os.path.join(self.cache_dir, record["key"] + ".npz")
         if os.path.isfile(path):
-            with np.load(path) as cached:
+            with np.load(path, allow_pickle=False) as cached:
                 return decode_points(cached)
         arrays = encode_points(_project(record))
         with atomic_path(path) as tmp:  # tmp ends in .npz, so savez_compressed keeps the name

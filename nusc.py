@@ -265,7 +265,7 @@ class NuScenesSurround(CameraFrames):
         record = self.samples[index]
         path = os.path.join(self.cache_dir, record["token"] + ".npz")
         if os.path.isfile(path):
-            with np.load(path) as cached:
+            with np.load(path, allow_pickle=False) as cached:
                 return decode_points(cached)
         arrays = encode_points(_project_sweeps(record, self.dataroot))
         with atomic_path(path) as tmp:  # tmp ends in .npz, so savez_compressed keeps the name

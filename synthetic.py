@@ -392,7 +392,7 @@ def read_rendered(path):
     boolean mask (6, 1, H, W) of the pixels with sparse ground truth, which holds the dense depth
     there (render_sample draws it so). Exactly the arrays the renderer made."""
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             images, dense = f["images"], f["dense"]
             seen = np.unpackbits(f["seen"], count=dense.size).reshape(dense.shape).astype(bool)
     except (OSError, ValueError, KeyError) as e:
