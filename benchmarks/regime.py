@@ -269,15 +269,17 @@ def write_regime_figure(runs, args, path):
     for regime in args.regimes:
         steps = budget_steps(regime, args.budget)
         for name in names:
-            points = [paired_gain(runs, regime, steps, name, "baseline", args.seeds, kind, key)[:2]
-                      for kind, key in METRICS[:2]]
+            gains = [paired_gain(runs, regime, steps, name, "baseline", args.seeds, kind, key)
+                     for kind, key in METRICS[:2]]
+            points = [g[:2] for g in gains]
             if all(m is None for m, _ in points):
                 continue
-            labels.append(f"{regime}: {name}" if len(args.regimes) > 1 else name)
+            label = f"{regime}: {name}" if len(args.regimes) > 1 else name
+            labels.append(f"{label} ({gains[0][2]} paired seeds)")
             means.append([np.nan if m is None else m for m, _ in points])
             lows.append([np.nan if m is None or h is None else m - h for m, h in points])
             highs.append([np.nan if m is None or h is None else m + h for m, h in points])
     if labels:
-        title = f"change against the supervised baseline, {', '.join(args.regimes)} (seeds {args.seeds})"
+        title = f"change against the supervised baseline, {', '.join(args.regimes)} (seeds planned: {args.seeds})"
         save_png(interval_chart(labels, means, lows, highs, "AbsRel change (%), lower is better", title,
                                 series=["sparse AbsRel", "dense AbsRel"]), path)
