@@ -20,6 +20,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -92,9 +93,13 @@ def one_error_line(result):
 # --- 1. no code from files -------------------------------------------------------------------
 
 def test_the_hostile_checkpoint_does_write_its_file_when_unpickled(tmp_path):
-    """The fixture is really hostile: an unsafe load (weights_only=False) runs it."""
+    """The fixture is really hostile: its pickle holds a call of exec, and that object, unpickled (in
+    memory, never from the file), writes the marker."""
     marker = tmp_path / "ran"
-    torch.load(hostile_checkpoint(tmp_path / "evil.pt", marker), weights_only=False)
+    with zipfile.ZipFile(hostile_checkpoint(tmp_path / "evil.pt", marker)) as archive:
+        data = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    assert b"exec" in data and str(marker).encode() in data
+    pickle.loads(pickle.dumps(WritesAFile(marker)))
     assert marker.read_text() == "ran"
 
 
