@@ -7,15 +7,13 @@ Implements Eqs. (18)-(20) of the README's method section:
   std of log rho across the six views of each surround sample;
 - (20) cross-view consistency: D_hat of view n back-projected to 3-D, projected into its
   neighbour m and compared with D_hat_m there, on pixels where both views see the same surface
-  (`cross_view_consistency`; the geometry is `rig.py`'s, shared with the figures of viz.py).
+  (`cross_view_consistency`; the geometry is `rig.py`'s).
 
-    python evaluate.py --checkpoint outputs/demo/checkpoint.pt [--split test] [--median-scaling]
-                       [--flip] [--protocol native|input] [--json out.json] [--out DIR] [--baseline]
+    python evaluate.py --checkpoint RUN/checkpoint.pt [--split test] [--median-scaling] [--flip] [--out DIR]
 
 On nuScenes (any dataset with `native_depth`) Eq. (18) follows SurroundDepth by default: LiDAR
-ground truth at each camera's native resolution, the prediction resized to it. On synthetic
-data it scores against the sparse LiDAR ground truth (the protocol) and also against the dense
-ground truth, both at the input size.
+ground truth at each camera's native resolution, the prediction resized to it. On synthetic data it
+scores against the sparse LiDAR and the dense ground truth, both at the input size.
 """
 import argparse
 import json
@@ -345,8 +343,7 @@ def get_args(argv=None):
                         "at the input size); input: ground truth re-rendered at the input size")
     p.add_argument("--flip", action="store_true", help="average with the prediction of the flipped images (test-time)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (0: load in the main process)")
-    p.add_argument("--baseline", action="store_true",
-                   help="also score a constant predictor: the per-camera median training depth")
+    p.add_argument("--baseline", action="store_true", help="also score the per-camera median training depth")
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
     p.add_argument("--out", default=None, help="folder for metrics.md, metrics.json and figures")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")

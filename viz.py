@@ -3,11 +3,10 @@ camera named on its tile, the surround montage laid out like the rig, the bird's
 metre grid and a scale, training curves, and charts of intervals.
 
 Used by evaluate.py (sample_*.png), infer.py (per-image PNGs and surround montages), train.py
-(curves.png at every validation) and benchmarks/ablation.py (bev.png: the lifting of Eq. (20) seen
-from above; ablation.png: paired differences with their 95 % intervals). Depth is coloured as inverse
-depth (near = bright) with matplotlib's 'magma' map over a robust range that ends at the 95th
-percentile (as monodepth2 and Depth-Anything-V2 colour their outputs); the bar is labelled in meters.
-The only file that imports matplotlib: Figure and the Agg canvas, never pyplot or a display.
+(curves.png) and the benchmarks (bev.png: the lifting of Eq. (20) from above; ablation.png and
+regime.png: paired differences with 95 % intervals). Depth is coloured as inverse depth (near =
+bright) in 'magma' over a robust range ending at the 95th percentile, as monodepth2 and DA-V2 do.
+The only file that imports matplotlib (Figure and the Agg canvas, never pyplot or a display).
 """
 import json
 import math
@@ -30,8 +29,7 @@ DEPTH_CMAP = "magma"  # perceptually uniform, dark (far) to bright (near); Depth
 ROBUST_PERCENTILE = 95  # the top of the colour range, robust to a few very near pixels
 MIN_RELATIVE_RANGE = 0.01  # a constant depth map still gets a colour range, 1 % of its inverse depth
 NO_DEPTH_COLOR = (110, 150, 170)  # pixels without (ground-truth) depth: a grey blue, a hue magma never takes
-# Montage layout of the rig as seen from above, front on top: FL F FR over BL B BR (ring places,
-# named as rig.CAMERAS; `rig_rows` takes tiles in ring order, so any dataset's cameras fit).
+# The rig seen from above, front on top (names of rig.CAMERAS; `rig_rows` fits any dataset's ring).
 MONTAGE_LAYOUT = (("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
                   ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"))
 # Bird's-eye view: one colour per camera in the order of rig.CAMERAS (the first six colours
